@@ -1,0 +1,593 @@
+//! The audit log writer: a bounded queue in front of a blocking writer
+//! thread that appends JSON and shorthand lines to daily files.
+//!
+//! Logging must never slow or stall the data path, so `AuditLog::log` only
+//! `try_send`s; when the queue is full the event is counted and dropped.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use time::{Date, Month, OffsetDateTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::event::AuditEvent;
+use super::shorthand::{shorthand_line, utc_datetime};
+
+/// File name prefix of the OCSF JSON-lines log.
+pub const OCSF_PREFIX: &str = "ocsf";
+/// File name prefix of the shorthand log (read by `GET /v1/denials`).
+pub const SHORTHAND_PREFIX: &str = "portcullis";
+
+/// Mode of log files: readable by the log group, never by sandboxed users.
+const FILE_MODE: u32 = 0o640;
+/// Mode of a log directory we create.
+const DIR_MODE: u32 = 0o750;
+/// Most queued items handled between two flushes, so a flood cannot delay
+/// visibility indefinitely.
+const MAX_BATCH: usize = 512;
+
+/// Where and how the audit log is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Directory holding the daily files, e.g. `/var/log/portcullis`.
+    pub dir: PathBuf,
+    /// Daily files kept per kind, including today's (0 is treated as 1).
+    pub keep_days: usize,
+    /// Events that may wait for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+/// Why `AuditLog::flush` could not confirm the events are on disk.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuditError {
+    #[error("audit writer has stopped")]
+    Closed,
+    #[error("audit log write failed: {0}")]
+    Write(String),
+}
+
+enum Command {
+    Event(Box<AuditEvent>),
+    Flush(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// Handle to the audit log; cheap to clone, safe to use from any thread.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Command>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// Starts the writer. Must be called inside a Tokio runtime. The writer
+    /// finishes (and the handle resolves) once every `AuditLog` clone is
+    /// dropped and the queue is drained.
+    pub fn start(config: AuditConfig) -> (AuditLog, JoinHandle<()>) {
+        let (log, rx) = Self::channel(config.queue);
+        let handle = tokio::task::spawn_blocking(move || run(rx, Writer::new(config)));
+        (log, handle)
+    }
+
+    fn channel(queue: usize) -> (AuditLog, mpsc::Receiver<Command>) {
+        // A zero-capacity tokio channel panics; one slot is the minimum.
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let log = AuditLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (log, rx)
+    }
+
+    /// Queues an event. Never blocks; if the queue is full (or the writer
+    /// is gone) the event is dropped and counted.
+    pub fn log(&self, event: AuditEvent) {
+        if self.tx.try_send(Command::Event(Box::new(event))).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped so far because the queue was full or closed.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every event queued before this call is written and
+    /// flushed. Reports a write failure seen since the previous flush.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(done_tx))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        done_rx.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
+/// Writer loop: take what is queued, write it, flush, answer flushers.
+fn run(mut rx: mpsc::Receiver<Command>, mut writer: Writer) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(command) = next.take() {
+            match command {
+                Command::Event(event) => writer.write(&event),
+                Command::Flush(done) => waiters.push(done),
+            }
+            handled += 1;
+            if handled < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        writer.flush();
+        if !waiters.is_empty() {
+            let result = writer
+                .take_error()
+                .map_or(Ok(()), |e| Err(AuditError::Write(e)));
+            for done in waiters {
+                // The flusher may have given up waiting; nothing to do.
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+    writer.flush();
+}
+
+struct DayFiles {
+    date: Date,
+    ocsf: BufWriter<File>,
+    shorthand: BufWriter<File>,
+}
+
+struct Writer {
+    config: AuditConfig,
+    current: Option<DayFiles>,
+    /// First write error since the last flush marker.
+    error: Option<String>,
+    /// Whether the last attempt failed; limits error logging to one line
+    /// per outage.
+    failing: bool,
+}
+
+impl Writer {
+    fn new(config: AuditConfig) -> Self {
+        Self {
+            config,
+            current: None,
+            error: None,
+            failing: false,
+        }
+    }
+
+    fn write(&mut self, event: &AuditEvent) {
+        let json = match event.to_json() {
+            Ok(json) => json,
+            Err(e) => {
+                self.fail(format!("cannot serialize audit event: {e}"));
+                return;
+            }
+        };
+        let line = shorthand_line(event);
+        let date = self.file_date(event.base().time);
+        let result = self.files_for(date).and_then(|files| {
+            writeln!(files.ocsf, "{json}")?;
+            writeln!(files.shorthand, "{line}")
+        });
+        match result {
+            Ok(()) => self.recovered(),
+            Err(e) => {
+                // Reopen on the next event: the disk may come back.
+                self.current = None;
+                self.fail(format!(
+                    "cannot write audit log in {}: {e}",
+                    self.config.dir.display()
+                ));
+            }
+        }
+    }
+
+    /// The event's UTC date, but never before the file already open: a
+    /// late event from yesterday goes into today's file instead of
+    /// reopening (and possibly pruning) an older one.
+    fn file_date(&self, time_ms: i64) -> Date {
+        let date = utc_datetime(time_ms)
+            .map(OffsetDateTime::date)
+            .unwrap_or_else(|| OffsetDateTime::now_utc().date());
+        match &self.current {
+            Some(files) if files.date > date => files.date,
+            _ => date,
+        }
+    }
+
+    fn files_for(&mut self, date: Date) -> io::Result<&mut DayFiles> {
+        let stale = self.current.as_ref().is_some_and(|f| f.date != date);
+        if stale {
+            self.flush();
+            self.current = None;
+        }
+        if self.current.is_none() {
+            let dir = &self.config.dir;
+            DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)?;
+            let files = DayFiles {
+                date,
+                ocsf: BufWriter::new(open_log(&dir.join(file_name(OCSF_PREFIX, date)))?),
+                shorthand: BufWriter::new(open_log(&dir.join(file_name(SHORTHAND_PREFIX, date)))?),
+            };
+            for prefix in [OCSF_PREFIX, SHORTHAND_PREFIX] {
+                if let Err(e) = prune(dir, prefix, date, self.config.keep_days) {
+                    log::warn!(
+                        "audit log rotation failed in {} for {prefix}.*.log: {e}",
+                        dir.display()
+                    );
+                }
+            }
+            self.current = Some(files);
+        }
+        // Just ensured above; the error arm is unreachable but keeps this
+        // panic-free.
+        self.current
+            .as_mut()
+            .ok_or_else(|| io::Error::other("audit files not open"))
+    }
+
+    fn flush(&mut self) {
+        let Some(files) = self.current.as_mut() else {
+            return;
+        };
+        let result = files.ocsf.flush().and_then(|()| files.shorthand.flush());
+        if let Err(e) = result {
+            self.current = None;
+            self.fail(format!(
+                "cannot flush audit log in {}: {e}",
+                self.config.dir.display()
+            ));
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.failing {
+            log::info!(
+                "audit log in {} is writable again",
+                self.config.dir.display()
+            );
+            self.failing = false;
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        if !self.failing {
+            log::error!("{message}");
+            self.failing = true;
+        }
+        self.error.get_or_insert(message);
+    }
+
+    fn take_error(&mut self) -> Option<String> {
+        self.error.take()
+    }
+}
+
+/// Opens (creating if needed) a log file for appending, mode 0640.
+fn open_log(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // A pre-existing file may be looser than we would create it.
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode & !FILE_MODE != 0 {
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+/// `<prefix>.YYYY-MM-DD.log`
+pub fn file_name(prefix: &str, date: Date) -> String {
+    format!(
+        "{prefix}.{:04}-{:02}-{:02}.log",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// The date in a `<prefix>.YYYY-MM-DD.log` name, or `None` for any other
+/// name (such files are never touched).
+fn parse_file_date(name: &str, prefix: &str) -> Option<Date> {
+    let stamp = name
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .strip_suffix(".log")?;
+    let bytes = stamp.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = stamp.get(range)?;
+        if !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let month = Month::try_from(u8::try_from(number(5..7)?).ok()?).ok()?;
+    let day = u8::try_from(number(8..10)?).ok()?;
+    Date::from_calendar_date(year, month, day).ok()
+}
+
+/// Names to delete so that only the newest `keep` dated files remain.
+/// `current` (the file being written) is never selected.
+fn expired(names: &[String], prefix: &str, current: Date, keep: usize) -> Vec<String> {
+    let mut dated: Vec<(Date, &String)> = names
+        .iter()
+        .filter_map(|n| parse_file_date(n, prefix).map(|d| (d, n)))
+        .collect();
+    dated.sort_by_key(|(date, _)| std::cmp::Reverse(*date));
+    dated
+        .into_iter()
+        .skip(keep.max(1))
+        .filter(|(d, _)| *d != current)
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+fn prune(dir: &Path, prefix: &str, current: Date, keep: usize) -> io::Result<()> {
+    let names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    for name in expired(&names, prefix, current, keep) {
+        let path = dir.join(&name);
+        if let Err(e) = fs::remove_file(&path) {
+            log::warn!("cannot delete old audit log {}: {e}", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::{AppLifecycle, ConnectionFacts, DenyCause, NetworkActivity};
+
+    /// Milliseconds at 12:00 UTC on the given day.
+    fn noon(y: i32, m: u8, d: u8) -> i64 {
+        let date = Date::from_calendar_date(y, Month::try_from(m).unwrap(), d).unwrap();
+        date.midnight().assume_utc().unix_timestamp() * 1000 + 12 * 3_600_000
+    }
+
+    fn ymd(y: i32, m: u8, d: u8) -> Date {
+        Date::from_calendar_date(y, Month::try_from(m).unwrap(), d).unwrap()
+    }
+
+    fn config(dir: &Path, keep_days: usize, queue: usize) -> AuditConfig {
+        AuditConfig {
+            dir: dir.to_path_buf(),
+            keep_days,
+            queue,
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        let d = ymd(2026, 1, 5);
+        assert_eq!(file_name("ocsf", d), "ocsf.2026-01-05.log");
+        assert_eq!(parse_file_date("ocsf.2026-01-05.log", "ocsf"), Some(d));
+        for bad in [
+            "ocsf.2026-1-05.log",
+            "ocsf.2026-13-05.log",
+            "ocsf.2026-02-30.log",
+            "ocsf.+026-01-05.log",
+            "ocsf.2026-01-05.log.gz",
+            "portcullis.2026-01-05.log",
+            "ocsfx2026-01-05.log",
+            "ocsf.2026-01-05",
+        ] {
+            assert_eq!(parse_file_date(bad, "ocsf"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn expired_keeps_newest_and_current() {
+        let names: Vec<String> = [
+            "ocsf.2026-01-01.log",
+            "ocsf.2026-01-03.log",
+            "ocsf.2026-01-02.log",
+            "ocsf.2026-01-04.log",
+            "portcullis.2026-01-01.log",
+            "notes.txt",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let mut got = expired(&names, "ocsf", ymd(2026, 1, 4), 2);
+        got.sort();
+        assert_eq!(got, ["ocsf.2026-01-01.log", "ocsf.2026-01-02.log"]);
+        // keep 0 behaves like keep 1.
+        assert_eq!(expired(&names, "ocsf", ymd(2026, 1, 4), 0).len(), 3);
+        // The file being written survives even if newer ones exist.
+        let got = expired(&names, "ocsf", ymd(2026, 1, 1), 1);
+        assert!(!got.contains(&"ocsf.2026-01-01.log".to_string()));
+    }
+
+    #[tokio::test]
+    async fn writes_json_and_shorthand_then_flushes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs/portcullis");
+        let (log, handle) = AuditLog::start(config(&dir, 3, 16));
+        let t = noon(2026, 3, 1);
+        log.log(AppLifecycle::started().at(t).into());
+        let facts = ConnectionFacts {
+            sandbox: "sb".into(),
+            dst_host: Some("example.com".into()),
+            dst_port: 443,
+            ..ConnectionFacts::default()
+        };
+        log.log(
+            NetworkActivity::denied(&facts, DenyCause::Policy)
+                .at(t + 1)
+                .into(),
+        );
+        log.flush().await.unwrap();
+
+        let json = read(&dir, "ocsf.2026-03-01.log");
+        let lines: Vec<&str> = json.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(first["class_uid"], 6002);
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(second["class_uid"], 4001);
+
+        let short = read(&dir, "portcullis.2026-03-01.log");
+        let lines: Vec<&str> = short.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "2026-03-01T12:00:00.000Z OCSF LIFECYCLE:START [INFO] Portcullis success",
+                "2026-03-01T12:00:00.001Z OCSF NET:OPEN [MED] DENIED example.com:443 \
+                 [policy:- engine:opa] [reason:CONNECT denied example.com:443]",
+            ]
+        );
+
+        for name in ["ocsf.2026-03-01.log", "portcullis.2026-03-01.log"] {
+            let mode = fs::metadata(dir.join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o640, "{name}");
+        }
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn rotates_by_event_date_and_prunes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join("unrelated.txt"), "keep me").unwrap();
+        fs::write(dir.join("ocsf.2025-12-31.log"), "old\n").unwrap();
+        let (log, handle) = AuditLog::start(config(dir, 2, 64));
+        for day in 1..=4 {
+            log.log(AppLifecycle::started().at(noon(2026, 1, day)).into());
+            // Flush per day so each rotation step is observed in order.
+            log.flush().await.unwrap();
+        }
+        // A late event from an earlier day goes to the current file.
+        log.log(AppLifecycle::stopped(None).at(noon(2026, 1, 2)).into());
+        log.flush().await.unwrap();
+
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "ocsf.2026-01-03.log",
+                "ocsf.2026-01-04.log",
+                "portcullis.2026-01-03.log",
+                "portcullis.2026-01-04.log",
+                "unrelated.txt",
+            ]
+        );
+        let today = read(dir, "portcullis.2026-01-04.log");
+        assert_eq!(today.lines().count(), 2);
+        assert!(today.lines().nth(1).unwrap().contains("LIFECYCLE:STOP"));
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn large_backlog_is_written_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, handle) = AuditLog::start(config(tmp.path(), 1, 4096));
+        let t = noon(2026, 5, 5);
+        for i in 0..(3 * MAX_BATCH as i64) {
+            log.log(AppLifecycle::started().at(t + i).into());
+        }
+        log.flush().await.unwrap();
+        assert_eq!(log.dropped(), 0);
+        let text = read(tmp.path(), "portcullis.2026-05-05.log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3 * MAX_BATCH);
+        assert!(lines[0].starts_with("2026-05-05T12:00:00.000Z OCSF "));
+        assert!(lines[MAX_BATCH].starts_with("2026-05-05T12:00:00.512Z OCSF "));
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let (log, rx) = AuditLog::channel(2);
+        for _ in 0..5 {
+            log.log(AppLifecycle::started().into());
+        }
+        assert_eq!(log.dropped(), 3);
+        // Clones share the counter.
+        let clone = log.clone();
+        drop(rx);
+        clone.log(AppLifecycle::started().into());
+        assert_eq!(log.dropped(), 4);
+    }
+
+    #[test]
+    fn zero_queue_is_clamped() {
+        let (log, _rx) = AuditLog::channel(0);
+        log.log(AppLifecycle::started().into());
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn flush_after_writer_stopped_is_an_error() {
+        let (log, rx) = AuditLog::channel(4);
+        drop(rx);
+        assert_eq!(log.flush().await, Err(AuditError::Closed));
+    }
+
+    #[tokio::test]
+    async fn flush_reports_write_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The log "directory" is a regular file, so nothing can be created.
+        let not_a_dir = tmp.path().join("file");
+        fs::write(&not_a_dir, "").unwrap();
+        let (log, handle) = AuditLog::start(config(&not_a_dir, 1, 4));
+        log.log(AppLifecycle::started().into());
+        let err = log.flush().await.unwrap_err();
+        match err {
+            AuditError::Write(msg) => assert!(msg.contains("file"), "{msg}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The error is reported once; a later flush with nothing new is ok.
+        assert_eq!(log.flush().await, Ok(()));
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn loose_existing_file_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let name = "portcullis.2026-02-02.log";
+        fs::write(dir.join(name), "").unwrap();
+        fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o666)).unwrap();
+        let (log, handle) = AuditLog::start(config(dir, 3, 4));
+        log.log(AppLifecycle::started().at(noon(2026, 2, 2)).into());
+        log.flush().await.unwrap();
+        let mode = fs::metadata(dir.join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        drop(log);
+        handle.await.unwrap();
+    }
+}

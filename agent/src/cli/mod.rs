@@ -1,0 +1,60 @@
+//! Command-line entry: parse, dispatch, exit codes.
+
+mod down;
+mod run;
+mod sandbox;
+mod status;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::AgentConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Transparent, per-binary egress control for sandboxed workloads"
+)]
+struct Cli {
+    /// Agent configuration (YAML). Defaults to /etc/portcullis/agent.yaml
+    /// when present, else the embedded defaults.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent daemon (as root).
+    Agent,
+    /// Show the agent's health: programs attached, sandboxes, connections, drops.
+    Status,
+    /// Manage sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Run a command inside a sandbox.
+    Run(run::RunArgs),
+    /// Stop the agent and remove programs, pins and sandbox cgroups.
+    Down,
+}
+
+pub fn main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let config = AgentConfig::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Agent => runtime
+            .block_on(crate::daemon::run(config))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Status => runtime.block_on(status::run(&config)),
+        Command::Sandbox(cmd) => runtime.block_on(sandbox::run(&config, cmd)),
+        Command::Run(args) => runtime.block_on(run::run(&config, args)),
+        Command::Down => down::run(&config),
+    }
+}

@@ -1,0 +1,192 @@
+//! Agent configuration: embedded defaults, optionally overridden by a YAML
+//! file. Every command reads the same file, so the CLI finds the agent the
+//! agent was told to be.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/portcullis/agent.yaml";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Durable state: sandboxes, CA, policies.
+    pub state_dir: PathBuf,
+    /// Runtime files: control socket, pid file.
+    pub run_dir: PathBuf,
+    /// OCSF and shorthand logs.
+    pub log_dir: PathBuf,
+    /// How many daily log files of each kind to keep.
+    pub log_keep_days: usize,
+    /// Pins of maps and links, under a bpffs mount.
+    pub bpffs_dir: PathBuf,
+    /// Parent of the sandbox cgroups, relative to the cgroup2 mount.
+    pub cgroup_parent: PathBuf,
+    /// Transparent TCP listener port on 127.0.0.1 and ::1.
+    pub proxy_port: u16,
+    /// DNS responder port on 127.0.0.1 and ::1.
+    pub dns_port: u16,
+    /// SO_MARK of the agent's upstream sockets; the hooks let them through.
+    pub self_mark: u32,
+    /// Extra name -> address entries for the DNS responder and the proxy,
+    /// in /etc/hosts format.
+    pub hosts_file: Option<PathBuf>,
+    /// User a workload runs as when `portcullis run` has no `--user`.
+    pub default_user: String,
+    /// A BPF object to load instead of the embedded one.
+    pub bpf_object: Option<PathBuf>,
+    /// Seconds a DNS answer stays valid.
+    pub dns_ttl_seconds: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: "/var/lib/portcullis".into(),
+            run_dir: "/run/portcullis".into(),
+            log_dir: "/var/log/portcullis".into(),
+            log_keep_days: 14,
+            bpffs_dir: "/sys/fs/bpf/portcullis".into(),
+            cgroup_parent: "portcullis".into(),
+            proxy_port: 15001,
+            dns_port: 15053,
+            self_mark: 0x0050_4355,
+            hosts_file: None,
+            default_user: "nobody".into(),
+            bpf_object: None,
+            dns_ttl_seconds: 30,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path`, or the embedded defaults when no file is given and the
+    /// default path does not exist.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading config {}", path.display())),
+        };
+        let config: Self = serde_yaml::from_str(&text).with_context(|| {
+            format!(
+                "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
+                 cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
+                 bpf_object, dns_ttl_seconds)",
+                path.display()
+            )
+        })?;
+        config
+            .validate()
+            .with_context(|| format!("config {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.proxy_port == 0 || self.dns_port == 0 {
+            bail!("proxy_port and dns_port must be non-zero ports");
+        }
+        if self.proxy_port == self.dns_port {
+            bail!(
+                "proxy_port and dns_port must differ (both are {})",
+                self.proxy_port
+            );
+        }
+        if self.self_mark == 0 {
+            bail!("self_mark must be non-zero: 0 is the mark of every unmarked socket");
+        }
+        if self.cgroup_parent.is_absolute()
+            || self
+                .cgroup_parent
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "cgroup_parent `{}` must be a relative path below the cgroup2 mount, without `..`",
+                self.cgroup_parent.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.join("control.sock")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("agent.pid")
+    }
+
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.state_dir.join("trust/ca-bundle.pem")
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.state_dir.join("ca")
+    }
+
+    pub fn proxy_ip4(&self) -> Ipv4Addr {
+        Ipv4Addr::LOCALHOST
+    }
+
+    pub fn proxy_ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::LOCALHOST
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_paths() {
+        let c = AgentConfig::default();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/portcullis"));
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/run/portcullis/control.sock")
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "proxy_prot: 1\n").unwrap();
+        let err = format!("{:#}", AgentConfig::load(Some(&path)).unwrap_err());
+        assert!(err.contains("agent.yaml"), "{err}");
+        assert!(err.contains("proxy_prot"), "{err}");
+    }
+
+    #[test]
+    fn a_parent_escaping_the_mount_is_rejected() {
+        let c = AgentConfig {
+            cgroup_parent: "../x".into(),
+            ..AgentConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = AgentConfig {
+            proxy_port: 53,
+            dns_port: 53,
+            ..AgentConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("differ"));
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        assert!(AgentConfig::load(Some(Path::new("/nonexistent/agent.yaml"))).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Developer tasks: `cargo xtask build-ebpf | build | run | test | bench`.
+//!
+//! A fresh machine has stable and nightly Rust but neither nightly's
+//! `rust-src` nor `bpf-linker`; `build-ebpf` installs what is missing and
+//! says so.
+
+mod ebpf;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  build-ebpf        build the BPF object (installs rust-src and bpf-linker if missing)
+  build             build-ebpf, then the agent (release)
+  run [ARGS...]     build, then start `portcullis agent ARGS...` on embedded defaults
+  test              build, then run every test: unit and privileged end-to-end
+  bench             build, then measure the datapath against the direct path
+";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "build-ebpf" => ebpf::build().map(|_| ()),
+        "build" => build_all().map(|_| ()),
+        "run" => {
+            let agent = build_all()?;
+            let status = Command::new(&agent)
+                .arg("agent")
+                .args(&rest)
+                .status()
+                .with_context(|| format!("starting {}", agent.display()))?;
+            exit_with(status)
+        }
+        "test" => test(),
+        "bench" => {
+            let agent = build_all()?;
+            let status = cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "portcullis-e2e",
+                    "--bin",
+                    "datapath-bench",
+                    "--",
+                ])
+                .args(&rest)
+                .env("PORTCULLIS_BIN", &agent)
+                .status()?;
+            exit_with(status)
+        }
+        "" | "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
+
+fn exit_with(status: std::process::ExitStatus) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("command failed: {status}")
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds the BPF object and the agent with it embedded; returns the binary.
+fn build_all() -> Result<PathBuf> {
+    let object = ebpf::build()?;
+    let status = cargo()
+        .args(["build", "--release", "-p", "portcullis-agent"])
+        .env("PORTCULLIS_BPF_OBJECT", &object)
+        .status()?;
+    exit_with(status).context("building the agent")?;
+    Ok(workspace_root().join("target/release/portcullis"))
+}
+
+fn test() -> Result<()> {
+    let agent = build_all()?;
+    let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    println!("xtask: running unit and end-to-end tests (CI={ci})");
+    // End-to-end tests share the kernel's cgroups and bpffs; each test uses
+    // its own names, so they may run in parallel, but two threads keep a
+    // two-core machine responsive.
+    let status = cargo()
+        .args(["test", "--release", "--workspace", "--", "--test-threads=2"])
+        .env("PORTCULLIS_BPF_OBJECT", ebpf::object_path())
+        .env("PORTCULLIS_BIN", &agent)
+        .status()?;
+    exit_with(status)
+}
