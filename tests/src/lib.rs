@@ -289,7 +289,8 @@ pub fn cgroup2_root() -> PathBuf {
 }
 
 /// An upstream host: a network namespace joined to the host by a veth pair,
-/// with TEST-NET-1 IPv4 and documentation-prefix IPv6 addresses.
+/// with TEST-NET-3 IPv4 and documentation-prefix IPv6 addresses. (TEST-NET-1
+/// can be the host's real network on CI machines, so it is not used.)
 pub struct Upstream {
     pub netns: String,
     veth: String,
@@ -308,7 +309,7 @@ fn sh(cmd: &str) {
 }
 
 impl Upstream {
-    /// `index` picks a /30 in 192.0.2.0/24 and a /64 in 2001:db8::/32.
+    /// `index` picks a /30 in 203.0.113.0/24 and a /64 in 2001:db8::/32.
     pub fn create(index: u16) -> Upstream {
         let netns = format!("pc-e2e-up{index}");
         let veth = format!("pce2e{index}");

@@ -127,14 +127,17 @@ fn udp_is_refused_in_the_kernel_and_reported() {
     if !privileged() {
         return;
     }
+    // The destination is a host of this test's own, so even a broken
+    // datapath sends nothing beyond this machine.
+    let up = Upstream::create(3);
     let agent = Agent::start("udp", 3, &[]);
     agent.ok(&["sandbox", "create", "demo"]);
-    let script = "import socket, os\n\
+    let script = "import socket, os, sys\n\
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
         print(os.getpid(), flush=True)\n\
-        try:\n    s.sendto(b'x', ('192.0.2.77', 443))\n    print('sent')\n\
+        try:\n    s.sendto(b'x', (sys.argv[1], 443))\n    print('sent')\n\
         except PermissionError as e:\n    print('refused', e.errno)\n";
-    let out = agent.run_in("demo", &["/usr/bin/python3", "-c", script]);
+    let out = agent.run_in("demo", &["/usr/bin/python3", "-c", script, &up.ip4]);
     let text = stdout(&out);
     let mut lines = text.lines();
     let pid: u64 = lines.next().unwrap().trim().parse().unwrap();
@@ -146,7 +149,7 @@ fn udp_is_refused_in_the_kernel_and_reported() {
         })
         .unwrap_or_else(|| panic!("no kernel denial event: {:#?}", agent.events()));
     assert_eq!(e["action_id"], 2);
-    assert_eq!(e["dst_endpoint"]["ip"], "192.0.2.77");
+    assert_eq!(e["dst_endpoint"]["ip"], up.ip4.as_str());
     assert_eq!(e["dst_endpoint"]["port"], 443);
     assert_eq!(e["unmapped"]["comm"], "python3");
     assert!(e.to_string().contains("udp_not_allowed"));

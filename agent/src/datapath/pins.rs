@@ -39,21 +39,25 @@ impl PinLayout {
         self.root.join("links/sandbox").join(sandbox)
     }
 
-    /// Creates the directories, checking that they are on a bpffs.
+    /// Creates the directories on a bpffs, mounting the standard one at
+    /// /sys/fs/bpf if nothing is mounted there yet (a fresh host or a
+    /// privileged container often has the directory but no mount).
     pub fn create_dirs(&self) -> Result<()> {
-        let parent = self.root.parent().unwrap_or(Path::new("/"));
-        if !is_bpffs(parent)? {
-            bail!(
-                "{} is not on a bpf filesystem; mount one with `mount -t bpf bpf {}`",
-                self.root.display(),
-                parent.display()
-            );
+        let existing = self.root.ancestors().find(|p| p.is_dir()).unwrap_or(Path::new("/"));
+        if !is_bpffs(existing)? {
+            if existing == Path::new(STANDARD_BPFFS) {
+                nix::mount::mount(Some("bpf"), STANDARD_BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+                    .with_context(|| format!("mounting bpffs at {STANDARD_BPFFS}"))?;
+                log::info!("mounted bpffs at {STANDARD_BPFFS}");
+            } else {
+                bail!(
+                    "{} is not on a bpf filesystem; mount one with `mount -t bpf bpf {}` or set bpffs_dir below {STANDARD_BPFFS}",
+                    self.root.display(),
+                    existing.display()
+                );
+            }
         }
-        for dir in [
-            self.maps(),
-            self.global_links(),
-            self.root.join("links/sandbox"),
-        ] {
+        for dir in [self.maps(), self.global_links(), self.root.join("links/sandbox")] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
@@ -86,6 +90,7 @@ impl PinLayout {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const STANDARD_BPFFS: &str = "/sys/fs/bpf";
 
 fn is_bpffs(path: &Path) -> Result<bool> {
     let stat =

@@ -128,6 +128,10 @@ async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
         );
         return;
     }
+    // The decision is audited; a failed dial after it is operational.
+    agent
+        .audit
+        .log(NetworkActivity::allowed(&facts, Inspection::L4Only).into());
     let upstream = match upstream::dial(conn.dst, agent.config.self_mark).await {
         Ok(upstream) => upstream,
         Err(e) => {
@@ -136,9 +140,6 @@ async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    agent
-        .audit
-        .log(NetworkActivity::allowed(&facts, Inspection::L4Only).into());
     agent
         .stats
         .connections_active
