@@ -315,8 +315,8 @@ impl Upstream {
         let veth = format!("pce2e{index}");
         let base = index * 4;
         let (host4, ns4) = (
-            format!("192.0.2.{}", base + 1),
-            format!("192.0.2.{}", base + 2),
+            format!("203.0.113.{}", base + 1),
+            format!("203.0.113.{}", base + 2),
         );
         let (host6, ns6) = (
             format!("2001:db8:{index:x}::1"),

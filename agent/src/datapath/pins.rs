@@ -43,11 +43,21 @@ impl PinLayout {
     /// /sys/fs/bpf if nothing is mounted there yet (a fresh host or a
     /// privileged container often has the directory but no mount).
     pub fn create_dirs(&self) -> Result<()> {
-        let existing = self.root.ancestors().find(|p| p.is_dir()).unwrap_or(Path::new("/"));
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.is_dir())
+            .unwrap_or(Path::new("/"));
         if !is_bpffs(existing)? {
             if existing == Path::new(STANDARD_BPFFS) {
-                nix::mount::mount(Some("bpf"), STANDARD_BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-                    .with_context(|| format!("mounting bpffs at {STANDARD_BPFFS}"))?;
+                nix::mount::mount(
+                    Some("bpf"),
+                    STANDARD_BPFFS,
+                    Some("bpf"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+                .with_context(|| format!("mounting bpffs at {STANDARD_BPFFS}"))?;
                 log::info!("mounted bpffs at {STANDARD_BPFFS}");
             } else {
                 bail!(
@@ -57,7 +67,11 @@ impl PinLayout {
                 );
             }
         }
-        for dir in [self.maps(), self.global_links(), self.root.join("links/sandbox")] {
+        for dir in [
+            self.maps(),
+            self.global_links(),
+            self.root.join("links/sandbox"),
+        ] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
