@@ -448,3 +448,52 @@ fn down_removes_programs_pins_and_cgroups() {
         stderr(&out)
     );
 }
+
+#[test]
+fn short_lived_processes_and_ancestors_are_attributed() {
+    if !privileged() {
+        return;
+    }
+    let mut up = Upstream::create(10);
+    up.serve_http(8080);
+    let agent = Agent::start("identity", 10, &[]);
+    // Only python may connect, so curl gets through only as python's child.
+    let p = agent.write_policy(
+        "p.yaml",
+        &policy(&[(&up.ip4, 8080)], &["/usr/bin/python3*"]),
+    );
+    agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
+    let url = format!("http://{}:8080/child", up.ip4);
+    let spawn_curl = "import subprocess, sys; sys.exit(subprocess.run(['curl', '-sS', '--max-time', '10', sys.argv[1]]).returncode)";
+    let out = agent.run_in("demo", &["/usr/bin/python3", "-c", spawn_curl, &url]);
+    assert!(out.status.success(), "curl under python: {}", stderr(&out));
+    let e = agent
+        .wait_event(WAIT, |e| is_allowed(e) && binary(e) == "/usr/bin/curl")
+        .expect("curl allowed through its python ancestor");
+    let parent = &e["actor"]["process"]["parent_process"]["file"]["path"];
+    assert!(
+        parent
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("/usr/bin/python3"),
+        "{e}"
+    );
+
+    // A process that connects and exits at once is gone from /proc before
+    // the proxy looks; the exec events still name it.
+    let hit_and_run = "import os, socket, sys\n\
+        s = socket.socket()\n\
+        s.setblocking(False)\n\
+        s.connect_ex((sys.argv[1], 8080))\n\
+        print(os.getpid(), flush=True)\n\
+        os._exit(0)\n";
+    let out = agent.run_in("demo", &["/usr/bin/python3", "-c", hit_and_run, &up.ip4]);
+    let pid: u64 = stdout(&out).trim().parse().expect("pid");
+    let e = agent
+        .wait_event(WAIT, |e| {
+            e["class_uid"] == 4001 && e["actor"]["process"]["pid"] == pid
+        })
+        .unwrap_or_else(|| panic!("no event for short-lived pid {pid}: {:#?}", agent.events()));
+    assert!(binary(&e).starts_with("/usr/bin/python3"), "{e}");
+    assert_eq!(e["action_id"], 1, "{e}");
+}

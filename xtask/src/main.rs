@@ -117,7 +117,7 @@ fn test() -> Result<()> {
     // its own names, so they may run in parallel, but two threads keep a
     // two-core machine responsive.
     let status = cargo()
-        .args(["test", "--release", "--workspace", "--", "--test-threads=2"])
+        .args(["test", "--release", "--", "--test-threads=2"])
         .env("PORTCULLIS_BPF_OBJECT", ebpf::object_path())
         .env("PORTCULLIS_BIN", &agent)
         .status()?;

@@ -54,7 +54,7 @@ fn stop_agent(config: &AgentConfig) -> Result<()> {
         return Ok(()); // Not running.
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while nix::sys::signal::kill(pid, None).is_ok() {
+    while alive(pid) {
         if std::time::Instant::now() > deadline {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             break;
@@ -62,4 +62,16 @@ fn stop_agent(config: &AgentConfig) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Running, and not a zombie waiting for its parent to reap it.
+fn alive(pid: nix::unistd::Pid) -> bool {
+    if nix::sys::signal::kill(pid, None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }

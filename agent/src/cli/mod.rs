@@ -49,9 +49,13 @@ pub fn main() -> Result<ExitCode> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Agent => runtime
-            .block_on(crate::daemon::run(config))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Agent => {
+            let result = runtime.block_on(crate::daemon::run(config));
+            // The audit log is flushed by now; do not wait for tasks that
+            // serve forever (listeners, ring readers, the audit writer).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result.map(|()| ExitCode::SUCCESS)
+        }
         Command::Status => runtime.block_on(status::run(&config)),
         Command::Sandbox(cmd) => runtime.block_on(sandbox::run(&config, cmd)),
         Command::Run(args) => runtime.block_on(run::run(&config, args)),

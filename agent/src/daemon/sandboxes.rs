@@ -61,6 +61,10 @@ impl SandboxIndex {
         self.live.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
     /// The sandbox a socket belongs to: by the cgroup id the kernel saw, or
     /// for processes in nested cgroups, by the process's cgroup path.
     pub fn find(&self, cgroup_id: u64, tgid: u32) -> Option<&SandboxView> {

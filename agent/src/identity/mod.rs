@@ -88,6 +88,10 @@ impl ProcessTable {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Applies one `PROCESS_EVENTS` record. `exe_now` is what
     /// `/proc/<tgid>/exe` says at the time of reading, if the process is
     /// still the one that exec'd; it beats the exec file name, which may be

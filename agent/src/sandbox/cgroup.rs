@@ -26,15 +26,14 @@ fn unescape_mount_path(raw: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(value) = raw
+        if bytes[i] == b'\\'
+            && let Some(value) = raw
                 .get(i + 1..i + 4)
                 .and_then(|d| u8::from_str_radix(d, 8).ok())
-            {
-                out.push(value);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(value);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

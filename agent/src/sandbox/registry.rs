@@ -115,6 +115,10 @@ impl Registry {
         self.doc.sandboxes.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.doc.sandboxes.is_empty()
+    }
+
     pub fn next_id(&self) -> u32 {
         self.doc.next_id.max(1)
     }
