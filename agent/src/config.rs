@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub bpf_object: Option<PathBuf>,
     /// Seconds a DNS answer stays valid.
     pub dns_ttl_seconds: u32,
+    /// How allowed TCP is relayed: `splice` (zero-copy) or `copy`.
+    pub relay: crate::proxy::relay::RelayMode,
 }
 
 impl Default for AgentConfig {
@@ -60,6 +62,7 @@ impl Default for AgentConfig {
             default_user: "nobody".into(),
             bpf_object: None,
             dns_ttl_seconds: 30,
+            relay: Default::default(),
         }
     }
 }
@@ -83,7 +86,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds)",
+                 bpf_object, dns_ttl_seconds, relay)",
                 path.display()
             )
         })?;

@@ -89,6 +89,11 @@ pub struct Agent {
 impl Agent {
     /// `index` keeps ports and names apart between tests running at once.
     pub fn start(name: &str, index: u16, hosts: &[(&str, &str)]) -> Agent {
+        Self::start_with(name, index, hosts, "")
+    }
+
+    /// `start`, with extra lines appended to the agent configuration.
+    pub fn start_with(name: &str, index: u16, hosts: &[(&str, &str)], extra_config: &str) -> Agent {
         let root = PathBuf::from(format!("/tmp/portcullis-e2e/{name}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -105,7 +110,7 @@ impl Agent {
                 "state_dir: {root}/state\nrun_dir: {root}/run\nlog_dir: {root}/log\n\
                  bpffs_dir: /sys/fs/bpf/portcullis-e2e-{name}\ncgroup_parent: portcullis-e2e-{name}\n\
                  proxy_port: {proxy_port}\ndns_port: {dns_port}\nself_mark: {self_mark}\n\
-                 hosts_file: {hosts}\n",
+                 hosts_file: {hosts}\n{extra_config}",
                 root = root.display(),
                 hosts = hosts_file.display(),
             ),
@@ -368,16 +373,15 @@ s = S(("::", int(sys.argv[1])), H)
 print("ready", flush=True)
 s.serve_forever()
 "#;
+        self.spawn(&["/usr/bin/python3", "-c", script, &port.to_string()]);
+    }
+
+    /// Runs a server in the namespace; it must print `ready` once it
+    /// listens. It is killed when the upstream is dropped.
+    pub fn spawn(&mut self, argv: &[&str]) {
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "/usr/bin/python3",
-                "-c",
-                script,
-                &port.to_string(),
-            ])
+            .args(["netns", "exec", &self.netns])
+            .args(argv)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -385,7 +389,7 @@ s.serve_forever()
         let lines = lines_of(child.stdout.take().unwrap());
         assert!(
             wait_for_line(&lines, Duration::from_secs(10), |l| l == "ready").is_some(),
-            "upstream server did not start"
+            "upstream server {argv:?} did not start"
         );
         self.servers.push(child);
     }

@@ -144,7 +144,7 @@ async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
         .stats
         .connections_active
         .fetch_add(1, Ordering::Relaxed);
-    let result = relay::relay(stream, upstream, std::future::pending()).await;
+    let result = relay::relay(stream, upstream, agent.config.relay, std::future::pending()).await;
     agent
         .stats
         .connections_active
