@@ -152,6 +152,8 @@ fn udp_is_refused_in_the_kernel_and_reported() {
     assert_eq!(e["dst_endpoint"]["ip"], up.ip4.as_str());
     assert_eq!(e["dst_endpoint"]["port"], 443);
     assert_eq!(e["unmapped"]["comm"], "python3");
+    assert_eq!(e["unmapped"]["hook"], "sendmsg4");
+    assert!(e["unmapped"]["cgroup_id"].as_u64().unwrap() > 0);
     assert!(e.to_string().contains("udp_not_allowed"));
     assert!(agent.ok(&["status"]).contains("kernel_denied"));
 }
@@ -496,4 +498,77 @@ fn short_lived_processes_and_ancestors_are_attributed() {
         .unwrap_or_else(|| panic!("no event for short-lived pid {pid}: {:#?}", agent.events()));
     assert!(binary(&e).starts_with("/usr/bin/python3"), "{e}");
     assert_eq!(e["action_id"], 1, "{e}");
+}
+
+#[test]
+fn an_adopted_cgroup_is_captured_and_may_not_use_the_control_plane() {
+    if !privileged() {
+        return;
+    }
+    let mut up = Upstream::create(11);
+    up.serve_http(8080);
+    let agent = Agent::start("adopt", 11, &[]);
+    // Stands in for a container runtime's cgroup.
+    let container = portcullis_e2e::cgroup2_root().join("pc-e2e-adopt-container");
+    let _ = std::fs::remove_dir(&container);
+    std::fs::create_dir(&container).unwrap();
+    let out = agent.ok(&[
+        "sandbox",
+        "adopt",
+        "ctr",
+        "--cgroup",
+        container.to_str().unwrap(),
+    ]);
+    assert!(out.contains("10 programs attached"), "{out}");
+
+    let in_container = |cmd: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {cmd}",
+                container.display()
+            ))
+            .output()
+            .unwrap()
+    };
+    // No policy: the sandbox denies all egress.
+    let out = in_container(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS --max-time 10 http://{}:8080/",
+        up.ip4
+    ));
+    assert!(
+        !out.status.success(),
+        "adopted cgroup must be captured: {}",
+        stdout(&out)
+    );
+    agent
+        .wait_event(WAIT, |e| is_denied(e) && e["unmapped"]["sandbox"] == "ctr")
+        .expect("deny event for the adopted sandbox");
+
+    // Even root inside a sandbox cannot reach the control plane.
+    let out = in_container(&format!(
+        "{} --config {} status",
+        portcullis_e2e::portcullis_bin().display(),
+        agent.config.display()
+    ));
+    assert!(
+        !out.status.success(),
+        "a sandboxed process reached the control plane"
+    );
+    assert!(
+        agent
+            .wait_stderr("refused control connection", WAIT)
+            .is_some(),
+        "the agent did not log the refusal"
+    );
+
+    // Deleting an adopted sandbox detaches it but leaves the cgroup.
+    agent.ok(&["sandbox", "delete", "ctr"]);
+    assert!(container.exists());
+    let out = in_container(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS --max-time 10 http://{}:8080/",
+        up.ip4
+    ));
+    assert!(out.status.success(), "detached: {}", stderr(&out));
+    std::fs::remove_dir(&container).unwrap();
 }

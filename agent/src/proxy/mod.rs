@@ -300,5 +300,7 @@ pub fn audit_kernel_denial(
     };
     NetworkActivity::kernel_refused(&facts)
         .with_unmapped("comm", crate::identity::comm_str(&record.comm))
+        .with_unmapped("cgroup_id", record.cgroup_id)
+        .with_unmapped("hook", hook)
         .into()
 }
