@@ -70,6 +70,14 @@ struct ControlService {
     agent: Arc<Agent>,
 }
 
+impl ControlService {
+    async fn create(&self, req: NewSandbox) -> Result<Response<pb::Sandbox>, Status> {
+        let agent = self.agent.clone();
+        let view = blocking(move || sandboxes::create(&agent, req)).await?;
+        Ok(Response::new(to_pb(&self.agent, &view)))
+    }
+}
+
 fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
     pb::Sandbox {
         name: view.record.name.to_string(),
@@ -84,16 +92,16 @@ fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
     }
 }
 
+/// The full error chain goes to the caller: it names the input and the fix.
+/// The code only separates what scripts branch on.
 fn failed(e: anyhow::Error) -> Status {
     let text = format!("{e:#}");
     if text.starts_with("no sandbox named") {
         Status::not_found(text)
     } else if text.contains("already exists") {
         Status::already_exists(text)
-    } else if text.contains("invalid") || text.contains("--cgroup") || text.contains(": ") {
-        Status::invalid_argument(text)
     } else {
-        Status::internal(text)
+        Status::failed_precondition(text)
     }
 }
 
@@ -165,20 +173,13 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::CreateSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let req = req.into_inner();
-        let agent = self.agent.clone();
-        let view = blocking(move || {
-            sandboxes::create(
-                &agent,
-                NewSandbox {
-                    name: req.name,
-                    adopt: None,
-                    policy_yaml: Some(req.policy_yaml),
-                    policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
-                },
-            )
+        self.create(NewSandbox {
+            name: req.name,
+            adopt: None,
+            policy_yaml: Some(req.policy_yaml),
+            policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
         })
-        .await?;
-        Ok(Response::new(to_pb(&self.agent, &view)))
+        .await
     }
 
     async fn adopt_sandbox(
@@ -186,20 +187,13 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::AdoptSandboxRequest>,
     ) -> Result<Response<pb::Sandbox>, Status> {
         let req = req.into_inner();
-        let agent = self.agent.clone();
-        let view = blocking(move || {
-            sandboxes::create(
-                &agent,
-                NewSandbox {
-                    name: req.name,
-                    adopt: Some(req.cgroup_path.into()),
-                    policy_yaml: Some(req.policy_yaml),
-                    policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
-                },
-            )
+        self.create(NewSandbox {
+            name: req.name,
+            adopt: Some(req.cgroup_path.into()),
+            policy_yaml: Some(req.policy_yaml),
+            policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
         })
-        .await?;
-        Ok(Response::new(to_pb(&self.agent, &view)))
+        .await
     }
 
     async fn delete_sandbox(

@@ -118,25 +118,10 @@ fn report_kernel_denial(agent: &Agent, denial: &KernelDenial) {
         .stats
         .kernel_denials_seen
         .fetch_add(1, Ordering::Relaxed);
-    agent.drain_process_events();
     let record = &denial.record;
-    let sandbox = agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .find(record.cgroup_id, record.tgid)
-        .map(|s| (s.record.name.to_string(), s.cgroup_rel.clone()));
-    let identity = agent
-        .processes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .resolve(
-            record.tgid,
-            record.boot_ns,
-            sandbox.as_ref().map(|s| s.1.as_path()),
-            &ProcFs::default(),
-        )
-        .ok();
+    let (sandbox, identity) = agent.attribute(record);
+    let identity = identity.ok();
+    let sandbox = sandbox.map(|s| s.record.name.to_string());
     let reason = DenialReason::from_u32(denial.reason)
         .map(DenialReason::as_str)
         .unwrap_or("unknown");
@@ -155,10 +140,10 @@ fn report_kernel_denial(agent: &Agent, denial: &KernelDenial) {
         record.dst_port,
         record.tgid,
         comm_str(&record.comm),
-        sandbox.as_ref().map(|s| s.0.as_str()).unwrap_or("?"),
+        sandbox.as_deref().unwrap_or("?"),
     );
     agent.audit.log(crate::proxy::audit_kernel_denial(
-        sandbox.as_ref().map(|s| s.0.as_str()),
+        sandbox.as_deref(),
         record,
         identity.as_ref(),
         reason,

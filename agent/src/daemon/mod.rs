@@ -267,6 +267,36 @@ impl Agent {
         }
     }
 
+    /// Who made a call the kernel recorded: the sandbox (by cgroup) and the
+    /// process image at the time of the call. Shared by the proxy and the
+    /// kernel-denial reader so both attribute the same way.
+    pub fn attribute(
+        &self,
+        record: &portcullis_common::ConnectRecord,
+    ) -> (
+        Option<SandboxView>,
+        Result<crate::identity::Identity, crate::identity::IdentityError>,
+    ) {
+        self.drain_process_events();
+        let sandbox = self
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(record.cgroup_id, record.tgid)
+            .cloned();
+        let identity = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolve(
+                record.tgid,
+                record.boot_ns,
+                sandbox.as_ref().map(|s| s.cgroup_rel.as_path()),
+                &crate::identity::procfs::ProcFs::default(),
+            );
+        (sandbox, identity)
+    }
+
     pub fn process_ring_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.process_ring

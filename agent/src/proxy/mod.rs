@@ -22,7 +22,7 @@ use crate::{
     },
     daemon::{Agent, Stats},
     datapath::addr_from_abi,
-    identity::{Identity, procfs::ProcFs},
+    identity::Identity,
     policy::{L4Decision, L4Request},
 };
 
@@ -155,20 +155,9 @@ async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
 }
 
 fn attribute(agent: &Agent, record: ConnectRecord) -> Attributed {
-    agent.drain_process_events();
-    let sandboxes = agent.sandboxes.read().unwrap_or_else(|p| p.into_inner());
-    let sandbox = sandboxes.find(record.cgroup_id, record.tgid);
-    let identity = agent
-        .processes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .resolve(
-            record.tgid,
-            record.boot_ns,
-            sandbox.map(|s| s.cgroup_rel.as_path()),
-            &ProcFs::default(),
-        )
-        .map_err(|e| e.to_string());
+    let (sandbox, identity) = agent.attribute(&record);
+    let sandbox = sandbox.as_ref();
+    let identity = identity.map_err(|e| e.to_string());
     let ip = addr_from_abi(&record.dst_addr);
     Attributed {
         sandbox: sandbox
