@@ -199,7 +199,7 @@ fn dns_is_answered_by_the_responder_and_names_reach_the_policy() {
 }
 
 #[test]
-fn ipv6_and_v4_mapped_connects_are_captured() {
+fn ipv4_ipv6_and_v4_mapped_connects_are_captured_and_show_their_peer() {
     if !privileged() {
         return;
     }
@@ -215,7 +215,8 @@ fn ipv6_and_v4_mapped_connects_are_captured() {
     // getpeername must show the destination the workload asked for.
     let script = "import socket, sys\n\
         for host in sys.argv[1:]:\n\
-        \x20   s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+        \x20   family = socket.AF_INET if '.' in host and ':' not in host else socket.AF_INET6\n\
+        \x20   s = socket.socket(family, socket.SOCK_STREAM)\n\
         \x20   s.settimeout(10)\n\
         \x20   s.connect((host, 8080))\n\
         \x20   print(s.getpeername()[0], s.getpeername()[1])\n\
@@ -223,11 +224,14 @@ fn ipv6_and_v4_mapped_connects_are_captured() {
         \x20   print(s.recv(4096).split(b' ')[1].decode())\n";
     let out = agent.run_in(
         "demo",
-        &["/usr/bin/python3", "-c", script, &up.ip6, &mapped],
+        &["/usr/bin/python3", "-c", script, &up.ip4, &up.ip6, &mapped],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let expected = format!("{} 8080\n200\n{mapped} 8080\n200\n", up.ip6);
+    let expected = format!(
+        "{} 8080\n200\n{} 8080\n200\n{mapped} 8080\n200\n",
+        up.ip4, up.ip6
+    );
     assert_eq!(text, expected);
     for ip in [up.ip6.as_str(), up.ip4.as_str()] {
         agent
