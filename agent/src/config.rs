@@ -42,6 +42,10 @@ pub struct AgentConfig {
     pub bpf_object: Option<PathBuf>,
     /// Seconds a DNS answer stays valid.
     pub dns_ttl_seconds: u32,
+    /// Prefixes the DNS responder hands synthetic addresses from. They must
+    /// not be used by any real destination a sandbox may reach.
+    pub dns_pool_v4: ipnet::Ipv4Net,
+    pub dns_pool_v6: ipnet::Ipv6Net,
     /// How allowed TCP is relayed: `splice` (zero-copy) or `copy`.
     pub relay: crate::proxy::relay::RelayMode,
 }
@@ -62,6 +66,8 @@ impl Default for AgentConfig {
             default_user: "nobody".into(),
             bpf_object: None,
             dns_ttl_seconds: 30,
+            dns_pool_v4: crate::dns::synthetic::PoolConfig::default().v4,
+            dns_pool_v6: crate::dns::synthetic::PoolConfig::default().v6,
             relay: Default::default(),
         }
     }
@@ -86,7 +92,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, relay)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay)",
                 path.display()
             )
         })?;

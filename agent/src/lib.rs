@@ -13,3 +13,6 @@ pub mod policy;
 pub mod proxy;
 pub mod sandbox;
 pub mod tls;
+
+/// The sandbox-local policy API's name, answered by the agent's DNS.
+pub const POLICY_LOCAL_HOST: &str = "policy.local";

@@ -789,6 +789,21 @@ impl NetworkActivity {
         }
     }
 
+    /// A relay opened under an older policy was closed because the policy
+    /// now in force no longer allows it.
+    pub fn closed_after_reload(facts: &ConnectionFacts) -> Self {
+        let message = format!("CONNECT closed after policy reload {}", facts.host_port());
+        let mut base = Self::base(NetworkActivityId::Close, Severity::Medium, message);
+        base.status = Some(Status::Success);
+        base.status_detail = facts.reason();
+        facts.annotate(&mut base, Engine::L4);
+        let with_info = facts.protocol != Transport::Tcp;
+        Self {
+            base,
+            traffic: facts.traffic(Action::Denied, Disposition::Blocked, "opa", with_info),
+        }
+    }
+
     /// The kernel (eBPF) refused a connection that cannot be proxied, e.g.
     /// non-HTTP traffic to a destination no policy allows.
     pub fn kernel_refused(facts: &ConnectionFacts) -> Self {

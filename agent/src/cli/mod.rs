@@ -1,6 +1,8 @@
 //! Command-line entry: parse, dispatch, exit codes.
 
 mod down;
+mod logs;
+mod policy;
 mod run;
 mod sandbox;
 mod status;
@@ -38,6 +40,11 @@ enum Command {
     Sandbox(sandbox::SandboxCommand),
     /// Run a command inside a sandbox.
     Run(run::RunArgs),
+    /// Manage sandbox policies: set (hot reload), get, list, history.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Show a sandbox's audit events.
+    Logs(logs::LogsArgs),
     /// Stop the agent and remove programs, pins and sandbox cgroups.
     Down,
 }
@@ -59,6 +66,8 @@ pub fn main() -> Result<ExitCode> {
         Command::Status => runtime.block_on(status::run(&config)),
         Command::Sandbox(cmd) => runtime.block_on(sandbox::run(&config, cmd)),
         Command::Run(args) => runtime.block_on(run::run(&config, args)),
+        Command::Policy(cmd) => runtime.block_on(policy::run(&config, cmd)),
+        Command::Logs(args) => logs::run(&config, args),
         Command::Down => down::run(&config),
     }
 }

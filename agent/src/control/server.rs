@@ -13,6 +13,7 @@ use super::pb::{self, control_server::ControlServer};
 use crate::{
     daemon::{
         Agent, SandboxView,
+        policies::{Revision, Snapshot},
         sandboxes::{self, NewSandbox},
     },
     datapath::COUNTER_NAMES,
@@ -79,6 +80,7 @@ impl ControlService {
 }
 
 fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
+    let snapshot = view.snapshot();
     pb::Sandbox {
         name: view.record.name.to_string(),
         id: view.record.id,
@@ -86,9 +88,45 @@ fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
         cgroup_id: view.cgroup_id,
         adopted: view.record.adopted,
         links_attached: view.links,
-        policy: view.record.policy_source.clone().unwrap_or_default(),
+        policy: if snapshot.version == 0 {
+            String::new()
+        } else {
+            snapshot.source.clone()
+        },
         created_unix: view.record.created_unix,
         trust_bundle: agent.config.trust_bundle().display().to_string(),
+        policy_version: snapshot.version,
+        policy_hash: snapshot.hash.clone(),
+    }
+}
+
+fn revision_pb(sandbox: &str, rev: &Revision) -> pb::PolicyRevision {
+    pb::PolicyRevision {
+        sandbox: sandbox.to_string(),
+        version: rev.version,
+        hash: rev.hash.clone(),
+        status: rev.status.as_str().to_string(),
+        source: rev.source.clone(),
+        created_unix_ms: rev.created_unix_ms,
+        error: rev.error.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+fn snapshot_pb(sandbox: &str, snapshot: &Snapshot) -> pb::PolicyRevision {
+    pb::PolicyRevision {
+        sandbox: sandbox.to_string(),
+        version: snapshot.version,
+        hash: snapshot.hash.clone(),
+        status: if snapshot.version == 0 {
+            "default (deny all)".into()
+        } else {
+            "loaded".into()
+        },
+        source: snapshot.source.clone(),
+        rules: snapshot.policy.rule_count() as u32,
+        warnings: snapshot.policy.warnings().to_vec(),
+        ..Default::default()
     }
 }
 
@@ -238,5 +276,87 @@ impl pb::control_server::Control for ControlService {
                 "no sandbox named `{name}` (see `portcullis sandbox list`)"
             ))),
         }
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyRevision>, Status> {
+        let req = req.into_inner();
+        let agent = self.agent.clone();
+        let sandbox = req.sandbox.clone();
+        let source = if req.source.is_empty() {
+            "policy set".to_string()
+        } else {
+            req.source
+        };
+        let set = blocking(move || {
+            sandboxes::set_policy(&agent, &req.sandbox, &source, &req.policy_yaml)
+        })
+        .await?;
+        let mut reply = snapshot_pb(&sandbox, &set.snapshot);
+        reply.unchanged = set.unchanged;
+        Ok(Response::new(reply))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyReply>, Status> {
+        let req = req.into_inner();
+        let index = self
+            .agent
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let view = index.get(&req.sandbox).ok_or_else(|| {
+            Status::not_found(format!(
+                "no sandbox named `{}` (see `portcullis sandbox list`)",
+                req.sandbox
+            ))
+        })?;
+        let snapshot = view.snapshot();
+        let mut reply = pb::GetPolicyReply {
+            revision: Some(snapshot_pb(&req.sandbox, &snapshot)),
+            ..Default::default()
+        };
+        if req.full {
+            reply.yaml = index
+                .policies
+                .current(&req.sandbox)
+                .and_then(|r| r.yaml.clone())
+                .unwrap_or_default();
+            reply.canonical_json =
+                serde_json::to_string_pretty(&snapshot.policy.canonical_json()).unwrap_or_default();
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn list_policies(
+        &self,
+        _: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesReply>, Status> {
+        let index = self
+            .agent
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut policies: Vec<pb::PolicyRevision> = index
+            .list()
+            .map(|v| snapshot_pb(v.record.name.as_str(), &v.snapshot()))
+            .collect();
+        policies.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        Ok(Response::new(pb::ListPoliciesReply { policies }))
+    }
+
+    async fn policy_history(
+        &self,
+        req: Request<pb::PolicyHistoryRequest>,
+    ) -> Result<Response<pb::PolicyHistoryReply>, Status> {
+        let sandbox = req.into_inner().sandbox;
+        let revisions = sandboxes::history(&self.agent, &sandbox).map_err(failed)?;
+        Ok(Response::new(pb::PolicyHistoryReply {
+            revisions: revisions.iter().map(|r| revision_pb(&sandbox, r)).collect(),
+        }))
     }
 }

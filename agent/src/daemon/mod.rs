@@ -2,6 +2,7 @@
 //! sandboxes, the proxy and DNS listeners and the control socket.
 
 mod events;
+pub mod policies;
 pub mod sandboxes;
 
 use std::{
@@ -23,7 +24,11 @@ use crate::{
     audit::AuditLog,
     config::AgentConfig,
     datapath::{self, Datapath, PinLayout},
-    dns::{DnsResponder, HostsThenSystem, NameBook, hosts::HostsTable},
+    dns::{
+        DnsResponder, HostsThenSystem, SyntheticAnswers,
+        hosts::HostsTable,
+        synthetic::{PoolConfig, SyntheticPool},
+    },
     identity::ProcessTable,
     sandbox::cgroup,
     tls::CertificateAuthority,
@@ -55,8 +60,10 @@ pub struct Agent {
     pub processes: Mutex<ProcessTable>,
     process_ring: Mutex<RingBuf<MapData>>,
     pub sandboxes: RwLock<SandboxIndex>,
-    pub names: Arc<NameBook>,
-    pub hosts: HostsTable,
+    /// Synthetic DNS answers: name <-> address.
+    pub pool: Arc<SyntheticPool>,
+    /// Upstream resolution, after a policy allowed a connection.
+    pub resolver: Arc<HostsThenSystem>,
     pub stats: Stats,
     pub audit: AuditLog,
     pub started: Instant,
@@ -151,7 +158,20 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             log::warn!("hosts_file {}: {w}", path.display());
         }
     }
-    let names = Arc::new(NameBook::default());
+    let pool = Arc::new(SyntheticPool::new(PoolConfig {
+        v4: config.dns_pool_v4,
+        v6: config.dns_pool_v6,
+        ttl: Duration::from_secs(u64::from(config.dns_ttl_seconds)),
+        ..PoolConfig::default()
+    })?);
+    let policy_local = pool.reserve(crate::POLICY_LOCAL_HOST)?;
+    log::info!(
+        "{} is {} and {}",
+        crate::POLICY_LOCAL_HOST,
+        policy_local.0,
+        policy_local.1
+    );
+    let resolver = Arc::new(HostsThenSystem::with_etc_hosts(hosts)?);
     let index = SandboxIndex::open(&config, &cgroup_root)?;
     let agent = Arc::new(Agent {
         config: config.clone(),
@@ -160,8 +180,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         processes: Mutex::new(ProcessTable::new(65536)),
         process_ring: Mutex::new(process_ring),
         sandboxes: RwLock::new(index),
-        names: names.clone(),
-        hosts: hosts.clone(),
+        pool: pool.clone(),
+        resolver,
         stats: Stats::default(),
         audit: audit.clone(),
         started: Instant::now(),
@@ -173,8 +193,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     sandboxes::restore(&agent)?;
 
     let responder = Arc::new(DnsResponder::new(
-        Arc::new(HostsThenSystem::with_etc_hosts(hosts)?),
-        names,
+        Arc::new(SyntheticAnswers(pool)),
         Duration::from_secs(u64::from(config.dns_ttl_seconds)),
     ));
     for socket in udp_sockets {

@@ -1,5 +1,5 @@
 //! The daemon's view of sandboxes: registry, cgroups, kernel attachment and
-//! compiled policies, kept consistent with each other.
+//! policy snapshots, kept consistent with each other.
 
 use std::{
     collections::HashMap,
@@ -9,9 +9,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
 
-use super::Agent;
+use super::{
+    Agent,
+    policies::{PolicyStore, Revision, Snapshot, Submitted},
+};
 use crate::{
+    audit::{ConfigStateChange, PolicyFacts, PolicyLoad},
     config::AgentConfig,
     datapath,
     policy::Policy,
@@ -25,12 +30,20 @@ pub struct SandboxView {
     pub cgroup_id: u64,
     /// The cgroup path relative to the cgroup2 mount, as /proc shows it.
     pub cgroup_rel: PathBuf,
-    pub policy: Arc<Policy>,
+    /// The snapshot in force; relays subscribe to learn of reloads.
+    pub policy: Arc<watch::Sender<Arc<Snapshot>>>,
     pub links: u32,
+}
+
+impl SandboxView {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.policy.borrow().clone()
+    }
 }
 
 pub struct SandboxIndex {
     registry: Registry,
+    pub policies: PolicyStore,
     live: HashMap<String, SandboxView>,
     by_cgroup: HashMap<u64, String>,
     /// Absolute directory that holds owned sandbox cgroups.
@@ -42,6 +55,7 @@ impl SandboxIndex {
     pub fn open(config: &AgentConfig, cgroup_root: &Path) -> Result<Self> {
         Ok(Self {
             registry: Registry::open(&config.state_dir)?,
+            policies: PolicyStore::open(&config.state_dir)?,
             live: HashMap::new(),
             by_cgroup: HashMap::new(),
             parent: cgroup_root.join(&config.cgroup_parent),
@@ -99,17 +113,12 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn compile(record: &SandboxRecord) -> Result<Arc<Policy>> {
-    match &record.policy_yaml {
-        None => Ok(Arc::new(Policy::deny_all())),
-        Some(yaml) => {
-            let source = record.policy_source.as_deref().unwrap_or("policy");
-            let policy = Policy::parse(source, yaml)?;
-            for w in &policy.warnings {
-                log::warn!("sandbox {}: {w}", record.name);
-            }
-            Ok(Arc::new(policy))
-        }
+fn policy_facts(sandbox: &str, snapshot: &Snapshot) -> PolicyFacts {
+    PolicyFacts {
+        sandbox: sandbox.to_string(),
+        path: Some(snapshot.source.clone()),
+        version: Some(snapshot.version.to_string()),
+        hash: Some(snapshot.hash.clone()),
     }
 }
 
@@ -118,7 +127,7 @@ fn bring_up(
     agent: &Agent,
     index: &mut SandboxIndex,
     record: SandboxRecord,
-    policy: Arc<Policy>,
+    snapshot: Arc<Snapshot>,
 ) -> Result<SandboxView> {
     let cgroup_id = cgroup::cgroup_id(&record.cgroup_path)?;
     let links = {
@@ -131,7 +140,7 @@ fn bring_up(
         cgroup_rel: index.relative(&record.cgroup_path),
         record,
         cgroup_id,
-        policy,
+        policy: Arc::new(watch::Sender::new(snapshot)),
         links,
     };
     index
@@ -159,10 +168,18 @@ pub fn restore(agent: &Agent) -> Result<()> {
             }
             cgroup::create(&record.cgroup_path)?;
         }
-        let policy =
-            compile(&record).with_context(|| format!("sandbox {}: stored policy", record.name))?;
-        let name = record.name.clone();
-        let view = bring_up(agent, &mut index, record, policy)
+        let name = record.name.to_string();
+        let snapshot = index.policies.current_snapshot(&name)?;
+        if snapshot.version > 0 {
+            agent.audit.log(
+                ConfigStateChange::policy_loaded(
+                    &policy_facts(&name, &snapshot),
+                    PolicyLoad::Initial,
+                )
+                .into(),
+            );
+        }
+        let view = bring_up(agent, &mut index, record, snapshot)
             .with_context(|| format!("restoring sandbox {name}"))?;
         log::info!("sandbox {name}: {} programs attached", view.links);
     }
@@ -180,49 +197,17 @@ pub struct NewSandbox {
 pub fn create(agent: &Agent, req: NewSandbox) -> Result<SandboxView> {
     let name = SandboxName::try_from(req.name.as_str())?;
     let policy_yaml = req.policy_yaml.filter(|y| !y.trim().is_empty());
-    let record_policy = SandboxRecord {
-        name: name.clone(),
-        id: 0,
-        cgroup_path: PathBuf::new(),
-        adopted: req.adopt.is_some(),
-        policy_yaml,
-        policy_source: req.policy_source,
-        created_unix: now_unix(),
-    };
+    let source = req.policy_source.unwrap_or_else(|| "sandbox create".into());
     // Validate before touching the system.
-    let policy = compile(&record_policy)?;
+    if let Some(yaml) = &policy_yaml {
+        Policy::parse(&source, yaml)?;
+    }
     let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
     if index.registry.get(name.as_str()).is_some() {
         bail!("sandbox `{name}` already exists; delete it first or pick another name");
     }
     let cgroup_path = match &req.adopt {
-        Some(path) => {
-            let path = path
-                .canonicalize()
-                .with_context(|| format!("--cgroup {}: no such cgroup", path.display()))?;
-            if !path.starts_with(&index.cgroup_root) || path == index.cgroup_root {
-                bail!(
-                    "--cgroup {}: not a cgroup below the cgroup2 mount {}",
-                    path.display(),
-                    index.cgroup_root.display()
-                );
-            }
-            if !path.join("cgroup.procs").exists() {
-                bail!(
-                    "--cgroup {}: not a cgroup v2 directory (no cgroup.procs)",
-                    path.display()
-                );
-            }
-            let rel = index.relative(&path);
-            if index
-                .live
-                .values()
-                .any(|s| rel.starts_with(&s.cgroup_rel) || s.cgroup_rel.starts_with(&rel))
-            {
-                bail!("--cgroup {}: overlaps an existing sandbox", path.display());
-            }
-            path
-        }
+        Some(path) => adoptable(&index, path)?,
         None => {
             let path = index.parent.join(name.as_str());
             cgroup::create(&path)?;
@@ -230,21 +215,72 @@ pub fn create(agent: &Agent, req: NewSandbox) -> Result<SandboxView> {
         }
     };
     let record = SandboxRecord {
+        name: name.clone(),
         id: index.registry.next_id(),
         cgroup_path,
-        ..record_policy
+        adopted: req.adopt.is_some(),
+        created_unix: now_unix(),
+    };
+    // A stale history (a sandbox of the same name deleted while the agent
+    // was down) must not leak into the new sandbox.
+    index.policies.remove(name.as_str())?;
+    let snapshot = match &policy_yaml {
+        Some(yaml) => match index.policies.submit(name.as_str(), &source, yaml)? {
+            Submitted::Loaded { snapshot, .. } => snapshot,
+            Submitted::Failed { error, .. } => bail!(error),
+        },
+        None => Snapshot::deny_all(),
     };
     // Persist first: if attaching fails half-way, a restart or delete
     // still knows about the pins to clean up.
     index.registry.insert(record.clone())?;
-    match bring_up(agent, &mut index, record, policy) {
-        Ok(view) => Ok(view),
+    match bring_up(agent, &mut index, record, snapshot.clone()) {
+        Ok(view) => {
+            if snapshot.version > 0 {
+                agent.audit.log(
+                    ConfigStateChange::policy_loaded(
+                        &policy_facts(name.as_str(), &snapshot),
+                        PolicyLoad::Initial,
+                    )
+                    .into(),
+                );
+            }
+            Ok(view)
+        }
         Err(e) => {
             drop(index);
             let _ = delete(agent, name.as_str());
             Err(e)
         }
     }
+}
+
+fn adoptable(index: &SandboxIndex, path: &Path) -> Result<PathBuf> {
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("--cgroup {}: no such cgroup", path.display()))?;
+    if !path.starts_with(&index.cgroup_root) || path == index.cgroup_root {
+        bail!(
+            "--cgroup {}: not a cgroup below the cgroup2 mount {}",
+            path.display(),
+            index.cgroup_root.display()
+        );
+    }
+    if !path.join("cgroup.procs").exists() {
+        bail!(
+            "--cgroup {}: not a cgroup v2 directory (no cgroup.procs)",
+            path.display()
+        );
+    }
+    let rel = index.relative(&path);
+    if index
+        .live
+        .values()
+        .any(|s| rel.starts_with(&s.cgroup_rel) || s.cgroup_rel.starts_with(&rel))
+    {
+        bail!("--cgroup {}: overlaps an existing sandbox", path.display());
+    }
+    Ok(path)
 }
 
 /// Kills and removes the cgroup (owned sandboxes only), detaches, forgets.
@@ -271,5 +307,72 @@ pub fn delete(agent: &Agent, name: &str) -> Result<u32> {
         index.by_cgroup.remove(&view.cgroup_id);
     }
     index.registry.remove(name)?;
+    index.policies.remove(name)?;
     Ok(killed)
+}
+
+/// The outcome of `policy set`.
+pub struct PolicySet {
+    pub snapshot: Arc<Snapshot>,
+    pub unchanged: bool,
+}
+
+/// Validates a candidate and, if valid, swaps it in atomically. An invalid
+/// candidate is recorded as failed and the snapshot in force stays.
+pub fn set_policy(agent: &Agent, name: &str, source: &str, yaml: &str) -> Result<PolicySet> {
+    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
+    let Some(view) = index.live.get(name).cloned() else {
+        bail!("no sandbox named `{name}` (see `portcullis sandbox list`)");
+    };
+    match index.policies.submit(name, source, yaml)? {
+        Submitted::Loaded {
+            snapshot,
+            unchanged,
+        } => {
+            if !unchanged {
+                for w in snapshot.policy.warnings() {
+                    log::warn!("sandbox {name}: {w}");
+                }
+                // Relays authorised under the old snapshot re-check now.
+                view.policy.send_replace(snapshot.clone());
+                agent.audit.log(
+                    ConfigStateChange::policy_loaded(
+                        &policy_facts(name, &snapshot),
+                        PolicyLoad::Reload,
+                    )
+                    .into(),
+                );
+            }
+            Ok(PolicySet {
+                snapshot,
+                unchanged,
+            })
+        }
+        Submitted::Failed { revision, error } => {
+            let facts = PolicyFacts {
+                sandbox: name.to_string(),
+                path: Some(source.to_string()),
+                version: Some(revision.version.to_string()),
+                hash: None,
+            };
+            agent
+                .audit
+                .log(ConfigStateChange::policy_failed(&facts, &error).into());
+            let current = view.snapshot();
+            bail!(
+                "{error}\npolicy rejected; version {} (hash {}) stays in force",
+                current.version,
+                current.hash
+            )
+        }
+    }
+}
+
+/// Revisions of one sandbox, oldest first.
+pub fn history(agent: &Agent, name: &str) -> Result<Vec<Revision>> {
+    let index = agent.sandboxes.read().unwrap_or_else(|p| p.into_inner());
+    if index.get(name).is_none() {
+        bail!("no sandbox named `{name}` (see `portcullis sandbox list`)");
+    }
+    Ok(index.policies.history(name).to_vec())
 }

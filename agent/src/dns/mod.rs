@@ -1,18 +1,19 @@
 //! DNS responder for sandboxed workloads.
 //!
 //! The kernel hooks redirect every UDP port-53 datagram a sandboxed process
-//! sends to [`DnsResponder::serve`]. We answer A/AAAA queries ourselves
-//! (configured hosts first, then the host's resolver) and remember which
-//! names resolved to which addresses in a [`NameBook`], so the proxy can
-//! later tell which names a connection's destination IP was looked up as.
+//! sends to [`DnsResponder::serve`]. The agent answers A/AAAA from a
+//! [`synthetic::SyntheticPool`]: each name gets an address of its own, so a
+//! later connection to it says exactly which name the workload meant, and
+//! nothing is resolved upstream until a policy allows a connection (the
+//! proxy then resolves through [`HostsThenSystem`]).
 
 pub mod hosts;
+pub mod synthetic;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -33,14 +34,6 @@ pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// glibc gives up (which can be far longer than our timeout), so this keeps
 /// a workload from exhausting tokio's blocking pool.
 pub const DEFAULT_MAX_SYSTEM_LOOKUPS: usize = 64;
-/// Entries a [`NameBook`] holds before evicting the oldest.
-pub const DEFAULT_NAME_BOOK_CAPACITY: usize = 65_536;
-/// How much longer than the DNS TTL a name stays in the book: clients may
-/// connect a little after their cached answer expires, and some runtimes
-/// (the JVM, for one) cache beyond the TTL.
-pub const DEFAULT_RECORD_GRACE: Duration = Duration::from_secs(120);
-/// Longest retention the book accepts, so `Instant + ttl` cannot overflow.
-const MAX_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Receive buffer: larger than any query a stub resolver sends.
 const RECV_BUFFER_LEN: usize = 4096;
 
@@ -208,188 +201,36 @@ fn dedup(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
     out
 }
 
-/// Which names each IP address was handed out for, and until when.
-///
-/// Bounded: past `capacity` (name, address) entries the oldest recorded are
-/// evicted, so a workload cannot exhaust memory by looking up many names.
-pub struct NameBook {
-    inner: Mutex<Book>,
-}
+/// Answers every name with its synthetic addresses, one per family,
+/// without asking anyone upstream.
+pub struct SyntheticAnswers(pub Arc<synthetic::SyntheticPool>);
 
-struct Book {
-    capacity: usize,
-    by_ip: HashMap<IpAddr, HashMap<Arc<str>, Slot>>,
-    len: usize,
-    /// Recording order for eviction. Refreshing an entry queues it again and
-    /// leaves a stale item behind, recognised by its outdated `seq`.
-    order: VecDeque<(u64, IpAddr, Arc<str>)>,
-    next_seq: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    expires: Instant,
-    seq: u64,
-}
-
-impl Default for NameBook {
-    fn default() -> Self {
-        Self::new(DEFAULT_NAME_BOOK_CAPACITY)
+impl Resolve for SyntheticAnswers {
+    async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let now = Instant::now();
+        let v4 = self.0.assign(name, synthetic::Family::V4, now);
+        let v6 = self.0.assign(name, synthetic::Family::V6, now);
+        match (v4, v6) {
+            (Ok(v4), Ok(v6)) => Ok(vec![v4, v6]),
+            (Err(e), _) | (_, Err(e)) => Err(ResolveError::Failed(e.to_string())),
+        }
     }
 }
 
-impl NameBook {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            inner: Mutex::new(Book {
-                capacity,
-                by_ip: HashMap::new(),
-                len: 0,
-                order: VecDeque::new(),
-                next_seq: 0,
-            }),
-        }
-    }
-
-    /// Records that `name` resolved to `addrs`, valid for `ttl` from now.
-    pub fn record(&self, name: &str, addrs: &[IpAddr], ttl: Duration) {
-        self.record_at(name, addrs, ttl, Instant::now());
-    }
-
-    /// [`Self::record`] with an explicit clock, for tests.
-    pub fn record_at(&self, name: &str, addrs: &[IpAddr], ttl: Duration, now: Instant) {
-        self.lock().record(name, addrs, ttl, now);
-    }
-
-    /// Names `ip` was handed out for that have not expired, sorted.
-    pub fn names_for(&self, ip: IpAddr) -> Vec<String> {
-        self.names_for_at(ip, Instant::now())
-    }
-
-    /// [`Self::names_for`] with an explicit clock, for tests.
-    pub fn names_for_at(&self, ip: IpAddr, now: Instant) -> Vec<String> {
-        self.lock().names_for(ip, now)
-    }
-
-    /// Number of (name, address) entries held, expired ones included until
-    /// they are evicted or pruned.
-    pub fn len(&self) -> usize {
-        self.lock().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
-        // Book operations do not panic, but if one ever did, its state is
-        // still consistent enough to serve; do not take the agent down.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Book {
-    fn record(&mut self, name: &str, addrs: &[IpAddr], ttl: Duration, now: Instant) {
-        if self.capacity == 0 || addrs.is_empty() {
-            return;
-        }
-        let expires = now.checked_add(ttl.min(MAX_RECORD_TTL)).unwrap_or(now);
-        let name: Arc<str> = Arc::from(name);
-        for &ip in addrs {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let names = self.by_ip.entry(ip).or_default();
-            match names.get_mut(&name) {
-                Some(slot) => {
-                    // Keep the later expiry: an earlier answer may still be
-                    // cached by the client.
-                    slot.expires = slot.expires.max(expires);
-                    slot.seq = seq;
-                }
-                None => {
-                    names.insert(Arc::clone(&name), Slot { expires, seq });
-                    self.len += 1;
-                }
-            }
-            self.order.push_back((seq, ip, Arc::clone(&name)));
-        }
-        self.evict_over_capacity();
-        self.compact_order();
-    }
-
-    fn names_for(&mut self, ip: IpAddr, now: Instant) -> Vec<String> {
-        let Some(names) = self.by_ip.get_mut(&ip) else {
-            return Vec::new();
-        };
-        // Drop expired entries while we are here; their queue items go stale.
-        let before = names.len();
-        names.retain(|_, slot| slot.expires > now);
-        self.len -= before - names.len();
-        let mut out: Vec<String> = names.keys().map(|name| name.to_string()).collect();
-        if names.is_empty() {
-            self.by_ip.remove(&ip);
-        }
-        out.sort_unstable();
-        out
-    }
-
-    fn evict_over_capacity(&mut self) {
-        while self.len > self.capacity {
-            let Some((seq, ip, name)) = self.order.pop_front() else {
-                break; // unreachable while len counts queued entries
-            };
-            self.remove_if_current(seq, ip, &name);
-        }
-    }
-
-    fn remove_if_current(&mut self, seq: u64, ip: IpAddr, name: &str) {
-        let Some(names) = self.by_ip.get_mut(&ip) else {
-            return;
-        };
-        if names.get(name).is_some_and(|slot| slot.seq == seq) {
-            names.remove(name);
-            self.len -= 1;
-            if names.is_empty() {
-                self.by_ip.remove(&ip);
-            }
-        }
-    }
-
-    /// Drops stale queue items once they outnumber live entries, so repeated
-    /// refreshes of the same names cannot grow the queue without bound.
-    /// Amortised O(1) per record.
-    fn compact_order(&mut self) {
-        if self.order.len() <= 2 * self.capacity {
-            return;
-        }
-        let by_ip = &self.by_ip;
-        self.order.retain(|(seq, ip, name)| {
-            by_ip
-                .get(ip)
-                .and_then(|names| names.get(name))
-                .is_some_and(|slot| slot.seq == *seq)
-        });
-    }
-}
-
-/// Answers the DNS queries of sandboxed workloads.
+/// Answers queries from a [`Resolve`]r: the synthetic pool in the agent,
+/// fakes in tests.
 pub struct DnsResponder<R: Resolve> {
     resolver: Arc<R>,
-    names: Arc<NameBook>,
     ttl: Duration,
-    record_ttl: Duration,
     in_flight: Arc<Semaphore>,
 }
 
 impl<R: Resolve> DnsResponder<R> {
-    /// `ttl` is what clients are told to cache answers for; the name book
-    /// keeps them [`DEFAULT_RECORD_GRACE`] longer.
-    pub fn new(resolver: Arc<R>, names: Arc<NameBook>, ttl: Duration) -> Self {
+    /// `ttl` is what clients are told to cache answers for.
+    pub fn new(resolver: Arc<R>, ttl: Duration) -> Self {
         Self {
             resolver,
-            names,
             ttl,
-            record_ttl: ttl.saturating_add(DEFAULT_RECORD_GRACE),
             in_flight: Arc::new(Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
         }
     }
@@ -398,16 +239,6 @@ impl<R: Resolve> DnsResponder<R> {
     pub fn with_max_in_flight(mut self, max: usize) -> Self {
         self.in_flight = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
         self
-    }
-
-    /// How long answered names stay in the name book.
-    pub fn with_record_ttl(mut self, record_ttl: Duration) -> Self {
-        self.record_ttl = record_ttl;
-        self
-    }
-
-    pub fn names(&self) -> &Arc<NameBook> {
-        &self.names
     }
 
     /// Answers queries on `socket` until receiving fails for good. Each query
@@ -480,7 +311,6 @@ impl<R: Resolve> DnsResponder<R> {
         match self.resolver.resolve(&query.name).await {
             Ok(addrs) => {
                 let addrs = select_family(query.qtype, &addrs);
-                self.names.record(&query.name, &addrs, self.record_ttl);
                 debug!("dns: {} type {} -> {addrs:?}", query.name, query.qtype);
                 wire::build_answer(query, &addrs, ttl_secs(self.ttl))
             }
@@ -543,7 +373,9 @@ async fn send_reply(socket: &UdpSocket, reply: &[u8], peer: SocketAddr) {
 mod tests {
     use super::wire::{CLASS_CH, CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_HTTPS, TYPE_MX};
     use super::*;
+    use std::collections::HashMap;
     use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Mutex;
 
     /// Resolves from a fixed map; names not in it do not exist.
     #[derive(Default)]
@@ -584,11 +416,7 @@ mod tests {
     }
 
     fn responder(resolver: FakeResolver) -> DnsResponder<FakeResolver> {
-        DnsResponder::new(
-            Arc::new(resolver),
-            Arc::new(NameBook::default()),
-            Duration::from_secs(30),
-        )
+        DnsResponder::new(Arc::new(resolver), Duration::from_secs(30))
     }
 
     fn query(id: u16, name: &str, qtype: u16, qclass: u16) -> Vec<u8> {
@@ -673,11 +501,7 @@ mod tests {
     #[tokio::test]
     async fn other_types_get_nodata_without_resolving() {
         let resolver = Arc::new(fake());
-        let r = DnsResponder::new(
-            Arc::clone(&resolver),
-            Arc::new(NameBook::default()),
-            DEFAULT_TTL,
-        );
+        let r = DnsResponder::new(Arc::clone(&resolver), DEFAULT_TTL);
         for qtype in [TYPE_MX, TYPE_HTTPS, wire::TYPE_TXT] {
             let packet = query(1, "api.example.test", qtype, CLASS_IN);
             let reply = r.handle_packet(&packet).await.unwrap();
@@ -712,17 +536,6 @@ mod tests {
         assert_eq!(reply[3] & 0xf, Rcode::NotImp as u8);
     }
 
-    #[tokio::test]
-    async fn records_answered_names_in_the_book() {
-        let r = responder(fake());
-        ask(&r, "api.example.test", TYPE_A).await;
-        ask(&r, "nope.test", TYPE_A).await;
-        assert_eq!(r.names().names_for(V4), ["api.example.test"]);
-        // Only the family that was answered is recorded.
-        assert!(r.names().names_for(V6).is_empty());
-        assert_eq!(r.names().len(), 2);
-    }
-
     #[test]
     fn overload_reply_is_servfail() {
         let packet = query(7, "a.test", TYPE_A, CLASS_IN);
@@ -749,7 +562,6 @@ mod tests {
         assert_eq!(from, server_addr);
         let (id, rcode, count, _) = decode(&buf[..len], packet.len() - 12);
         assert_eq!((id, rcode, count), (0x5151, 0, 2));
-        assert_eq!(r.names().names_for(V4_B), ["api.example.test"]);
         serving.abort();
     }
 
@@ -769,77 +581,7 @@ mod tests {
             .expect("reply within 5 s")
             .unwrap();
         assert_eq!(buf[..len][3] & 0xf, Rcode::ServFail as u8);
-        assert!(r.names().is_empty());
         serving.abort();
-    }
-
-    #[test]
-    fn name_book_expires_entries() {
-        let book = NameBook::default();
-        let t0 = Instant::now();
-        book.record_at("a.test", &[V4], Duration::from_secs(10), t0);
-        book.record_at("b.test", &[V4], Duration::from_secs(60), t0);
-        let at = |secs| t0 + Duration::from_secs(secs);
-        assert_eq!(book.names_for_at(V4, at(5)), ["a.test", "b.test"]);
-        assert_eq!(book.names_for_at(V4, at(10)), ["b.test"]);
-        assert_eq!(book.len(), 1, "expired entry pruned on read");
-        assert!(book.names_for_at(V4, at(60)).is_empty());
-        assert!(book.names_for_at(V6, at(0)).is_empty());
-    }
-
-    #[test]
-    fn name_book_refresh_keeps_later_expiry() {
-        let book = NameBook::default();
-        let t0 = Instant::now();
-        book.record_at("a.test", &[V4], Duration::from_secs(100), t0);
-        book.record_at("a.test", &[V4], Duration::from_secs(10), t0);
-        assert_eq!(book.len(), 1);
-        assert_eq!(
-            book.names_for_at(V4, t0 + Duration::from_secs(50)),
-            ["a.test"]
-        );
-    }
-
-    #[test]
-    fn name_book_evicts_oldest_beyond_capacity() {
-        let book = NameBook::new(3);
-        let t0 = Instant::now();
-        let ttl = Duration::from_secs(60);
-        book.record_at("old.test", &[V4], ttl, t0);
-        book.record_at("mid.test", &[V4, V6], ttl, t0);
-        // Refreshing makes old.test the newest again.
-        book.record_at("old.test", &[V4], ttl, t0);
-        book.record_at("new.test", &[V6], ttl, t0);
-        assert_eq!(book.len(), 3);
-        assert_eq!(book.names_for_at(V4, t0), ["old.test"]);
-        assert_eq!(book.names_for_at(V6, t0), ["mid.test", "new.test"]);
-    }
-
-    #[test]
-    fn name_book_stays_bounded_under_churn_and_refreshes() {
-        let book = NameBook::new(100);
-        let t0 = Instant::now();
-        let ttl = Duration::from_secs(60);
-        for i in 0..10_000u32 {
-            let ip = IpAddr::V4(Ipv4Addr::from(i % 300));
-            book.record_at(&format!("n{}.test", i % 500), &[ip], ttl, t0);
-            book.record_at("hot.test", &[V4], ttl, t0);
-        }
-        let inner = book.lock();
-        assert!(inner.len <= 100);
-        assert!(inner.order.len() <= 2 * 100 + 2);
-        let counted: usize = inner.by_ip.values().map(HashMap::len).sum();
-        assert_eq!(counted, inner.len);
-    }
-
-    #[test]
-    fn name_book_survives_huge_ttl_and_zero_capacity() {
-        let book = NameBook::default();
-        book.record("forever.test", &[V4], Duration::MAX);
-        assert_eq!(book.names_for(V4), ["forever.test"]);
-        let none = NameBook::new(0);
-        none.record("a.test", &[V4], DEFAULT_TTL);
-        assert!(none.is_empty());
     }
 
     #[tokio::test]

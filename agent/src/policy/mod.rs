@@ -1,120 +1,54 @@
-//! Policy: the OpenShell-compatible YAML schema, validated into an
-//! immutable snapshot that answers the L4 question "may this binary reach
-//! this host:port?". Evaluation is pure: no I/O, no clocks.
+//! Policy: the OpenShell-compatible YAML schema (reference §1), validated
+//! into an immutable snapshot that answers the L4 question "may this
+//! binary reach this host:port?" (§2.4) and carries the L7 rules (§1.4).
+//! Evaluation is pure: no I/O, no clocks.
+//!
+//! Layout: `yaml` walks the YAML value with paths, `schema` validates the
+//! document into [`Rule`]s, `l7` holds the L7 rule model, `canonical`
+//! the hashed form, `snapshot` the lookup index, `ssrf` the destination
+//! checks that follow an allow.
 
 pub mod glob;
+pub mod l7;
+pub mod ssrf;
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+mod canonical;
+mod schema;
+mod snapshot;
+mod yaml;
 
-use serde::Deserialize;
-use thiserror::Error;
+#[cfg(test)]
+mod tests;
 
-/// The policy document (reference §1.1–1.3). Unknown keys are errors.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyDocument {
-    pub version: u32,
-    #[serde(default)]
-    pub network_policies: BTreeMap<String, NetworkRule>,
-    /// Parsed so OpenShell files load; Portcullis does not enforce them.
-    #[serde(default)]
-    pub filesystem_policy: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub landlock: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub process: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub network_middlewares: Option<serde_yaml::Value>,
-}
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkRule {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
-    pub binaries: Vec<Binary>,
-}
+pub use l7::{AccessPreset, L7Config, L7Rule, QueryMatcher};
+pub use schema::{Endpoint, PROVIDER_RULE_PREFIX, Rule};
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    #[serde(default)]
-    pub host: String,
-    #[serde(default)]
-    pub port: u32,
-    #[serde(default)]
-    pub ports: Vec<u32>,
-    #[serde(default)]
-    pub path: String,
-    #[serde(default)]
-    pub protocol: String,
-    #[serde(default)]
-    pub tls: String,
-    #[serde(default)]
-    pub enforcement: String,
-    #[serde(default)]
-    pub access: String,
-    #[serde(default)]
-    pub rules: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub deny_rules: Option<serde_yaml::Value>,
-    #[serde(default)]
-    pub allowed_ips: Vec<String>,
-    #[serde(default)]
-    pub allow_encoded_slash: bool,
-    #[serde(default)]
-    pub websocket_credential_rewrite: bool,
-    #[serde(default)]
-    pub request_body_credential_rewrite: bool,
-    #[serde(default)]
-    pub allow_uninspected_credentials: bool,
-}
+/// The largest policy text accepted (OpenShell's `MAX_POLICY_SIZE`).
+pub const MAX_POLICY_BYTES: usize = 262_144;
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Binary {
-    pub path: String,
-}
-
-#[derive(Debug, Error, PartialEq, Eq)]
+/// Why a policy did not load: where, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}: {yaml_path}: {problem}")]
 pub struct PolicyError {
     pub source_name: String,
-    /// Where in the document, e.g. `network_policies.github.endpoints[0].host`.
+    /// Where in the document, e.g. `network_policies.github.endpoints[0].host`
+    /// (or `line 3, column 5` for YAML syntax errors).
     pub yaml_path: String,
     /// What is wrong and how to fix it.
     pub problem: String,
 }
 
-/// A validated policy, ready to evaluate.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    rules: Vec<CompiledRule>,
-    /// Plain warnings, e.g. sections parsed but not enforced.
-    pub warnings: Vec<String>,
-}
-
-#[derive(Clone, Debug)]
-struct CompiledRule {
-    key: String,
-    endpoints: Vec<CompiledEndpoint>,
-    /// Empty: any binary.
-    binaries: Vec<String>,
-}
-
-#[derive(Clone, Debug)]
-struct CompiledEndpoint {
-    host: String,
-    ports: Vec<u16>,
-}
-
 /// What the proxy knows about a connection at L4.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct L4Request<'a> {
-    /// Names the workload resolved to this address, most recent first.
+    /// Names the workload used for this destination (from the agent's
+    /// DNS); empty for a direct-IP connect. The IP is always a candidate too.
     pub hostnames: &'a [String],
     pub ip: IpAddr,
     pub port: u16,
@@ -124,316 +58,200 @@ pub struct L4Request<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4Decision {
-    Allow { rule: String, host: String },
-    Deny { reason: String },
+    Allow(L4Allow),
+    /// `reason` is the exact OpenShell (rego) deny text.
+    Deny {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4Allow {
+    /// The matching `network_policies` key; the lexicographically smallest
+    /// when several match.
+    pub rule: String,
+    /// The candidate host (name or IP text) that matched, lowercased.
+    pub host: String,
+    /// The matched endpoint's connection metadata.
+    pub endpoint: EndpointSummary,
+}
+
+/// An endpoint's connection metadata: what the proxy needs after an allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSummary {
+    /// Lowercase host, glob or canonical IP text; empty for an endpoint
+    /// that has only `allowed_ips`.
+    pub host_pattern: String,
+    /// Sorted, without duplicates.
+    pub ports: Vec<u16>,
+    /// "", "tcp", "rest" or "websocket".
+    pub protocol: String,
+    pub tls_skip: bool,
+    pub enforcement_audit: bool,
+    /// Host bits cleared, sorted; IPv4-mapped ranges stored as IPv4.
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    /// The host has no wildcard and the rule lists at least one binary
+    /// (§2.5 item 4): private addresses may be dialled.
+    pub exact_declared_host: bool,
+    pub host_is_ip_literal: bool,
+    pub allow_uninspected_credentials: bool,
+}
+
+/// An endpoint that matches a request's host, port and binary.
+#[derive(Clone, Debug)]
+pub struct EndpointMatch<'p> {
+    pub rule: &'p Rule,
+    /// Position in `rule.endpoints`.
+    pub endpoint_index: usize,
+    pub endpoint: &'p Endpoint,
+    /// The candidate host that matched, lowercased.
+    pub host: String,
+}
+
+/// An immutable, compiled policy. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct Policy {
+    inner: Arc<Snapshot>,
+}
+
+struct Snapshot {
+    /// Sorted by key.
+    rules: Vec<Rule>,
+    index: snapshot::Index,
+    warnings: Vec<String>,
+    canonical: serde_json::Value,
+    hash: String,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("hash", &self.inner.hash)
+            .field("rules", &self.inner.rules.len())
+            .field("warnings", &self.inner.warnings)
+            .finish()
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::deny_all()
+    }
 }
 
 impl Policy {
-    /// Denies everything: a sandbox without a policy.
+    /// No rules: denies everything, as a sandbox without a policy.
     pub fn deny_all() -> Self {
-        Self {
-            rules: Vec::new(),
-            warnings: Vec::new(),
-        }
+        Self::build(Vec::new(), &BTreeMap::new(), Vec::new())
     }
 
+    /// Parses and validates a policy; the first error wins. `source_name`
+    /// (a path, or a label like `proposal 12`) prefixes errors.
     pub fn parse(source_name: &str, yaml: &str) -> Result<Self, PolicyError> {
-        let err = |yaml_path: &str, problem: String| PolicyError {
-            source_name: source_name.to_string(),
-            yaml_path: yaml_path.to_string(),
-            problem,
+        Self::parse_with_limit(source_name, yaml, MAX_POLICY_BYTES)
+    }
+
+    /// [`Policy::parse`] with another size limit, for trusted sources
+    /// (and benchmarks) that need more than [`MAX_POLICY_BYTES`].
+    pub fn parse_with_limit(
+        source_name: &str,
+        yaml: &str,
+        max_bytes: usize,
+    ) -> Result<Self, PolicyError> {
+        let mut ctx = yaml::Ctx {
+            source: source_name,
+            warnings: Vec::new(),
         };
-        let doc: PolicyDocument = serde_yaml::from_str(yaml).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()));
-            err(at.as_deref().unwrap_or("document"), e.to_string())
-        })?;
-        if doc.version != 1 {
-            return Err(err(
-                "version",
-                format!("version {} is not supported; set `version: 1`", doc.version),
+        if yaml.len() > max_bytes {
+            return Err(ctx.err(
+                "document",
+                format!(
+                    "the policy is {} bytes, over the limit of {max_bytes} bytes; remove or merge rules",
+                    yaml.len()
+                ),
             ));
         }
-        let mut warnings = Vec::new();
-        for (section, present) in [
-            ("filesystem_policy", doc.filesystem_policy.is_some()),
-            ("landlock", doc.landlock.is_some()),
-            ("process", doc.process.is_some()),
-            ("network_middlewares", doc.network_middlewares.is_some()),
-        ] {
-            if present {
-                warnings.push(format!(
-                    "{source_name}: `{section}` is parsed but not enforced by Portcullis"
-                ));
-            }
-        }
-        let mut rules = Vec::new();
-        for (key, rule) in &doc.network_policies {
-            let base = format!("network_policies.{key}");
-            if key.starts_with("_provider_") {
-                return Err(err(
-                    &base,
-                    "the `_provider_` prefix is reserved for provider rules; rename the rule"
-                        .into(),
-                ));
-            }
-            let mut endpoints = Vec::new();
-            for (i, ep) in rule.endpoints.iter().enumerate() {
-                let at = format!("{base}.endpoints[{i}]");
-                endpoints.push(
-                    compile_endpoint(ep)
-                        .map_err(|(field, problem)| err(&format!("{at}.{field}"), problem))?,
-                );
-            }
-            if endpoints.is_empty() {
-                return Err(err(
-                    &format!("{base}.endpoints"),
-                    "a rule needs at least one endpoint".into(),
-                ));
-            }
-            let mut binaries = Vec::new();
-            for (i, b) in rule.binaries.iter().enumerate() {
-                if !b.path.starts_with('/') && b.path != "**" {
-                    return Err(err(
-                        &format!("{base}.binaries[{i}].path"),
-                        format!(
-                            "`{}` is not absolute; give the full path, e.g. /usr/bin/curl",
-                            b.path
-                        ),
-                    ));
-                }
-                binaries.push(b.path.clone());
-            }
-            rules.push(CompiledRule {
-                key: key.clone(),
-                endpoints,
-                binaries,
-            });
-        }
-        Ok(Self { rules, warnings })
+        let doc = schema::parse_document(&mut ctx, yaml)?;
+        Ok(Self::build(doc.rules, &doc.sections, ctx.warnings))
     }
 
-    /// Allow iff some rule matches the endpoint and the binary (or an
-    /// ancestor). Rules are visited in key order, so the matched rule is the
-    /// lexicographically smallest, as in OpenShell.
+    fn build(
+        rules: Vec<Rule>,
+        sections: &BTreeMap<String, serde_json::Value>,
+        warnings: Vec<String>,
+    ) -> Self {
+        let canonical = canonical::document_json(&rules, sections);
+        let hash = canonical::sha256_hex(&canonical::canonical_bytes(&canonical));
+        let index = snapshot::Index::build(&rules);
+        Self {
+            inner: Arc::new(Snapshot {
+                rules,
+                index,
+                warnings,
+                canonical,
+                hash,
+            }),
+        }
+    }
+
+    /// Plain-language warnings, e.g. sections parsed but not enforced.
+    pub fn warnings(&self) -> &[String] {
+        &self.inner.warnings
+    }
+
+    /// Lowercase hex SHA-256 of the canonical bytes: stable across key
+    /// order and `port`/`ports` spelling, different on any real change.
+    pub fn hash(&self) -> &str {
+        &self.inner.hash
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.inner.rules.len()
+    }
+
+    /// The document as parsed and normalised, map keys sorted.
+    pub fn canonical_json(&self) -> serde_json::Value {
+        self.inner.canonical.clone()
+    }
+
+    /// The rules, sorted by key.
+    pub fn rules(&self) -> &[Rule] {
+        &self.inner.rules
+    }
+
+    pub fn rule(&self, key: &str) -> Option<&Rule> {
+        let rules = &self.inner.rules;
+        rules
+            .binary_search_by(|r| r.key.as_str().cmp(key))
+            .ok()
+            .and_then(|i| rules.get(i))
+    }
+
+    /// One endpoint, e.g. to find the L7 rules behind an allow.
+    pub fn endpoint(&self, rule: &str, index: usize) -> Option<&Endpoint> {
+        self.rule(rule)?.endpoints.get(index)
+    }
+
+    /// Allow iff some rule matches the endpoint and the binary (exe or an
+    /// ancestor). The matched rule is the lexicographically smallest key.
     pub fn evaluate_l4(&self, req: &L4Request<'_>) -> L4Decision {
-        if self.rules.is_empty() {
-            return L4Decision::Deny {
-                reason: "network connections not allowed by policy".into(),
-            };
-        }
-        let ip_text = req.ip.to_string();
-        let candidates: Vec<&str> = req
-            .hostnames
-            .iter()
-            .map(String::as_str)
-            .chain([ip_text.as_str()])
-            .collect();
-        let mut binary_misses = Vec::new();
-        for rule in &self.rules {
-            let Some(host) = rule.endpoints.iter().find_map(|ep| {
-                ep.ports
-                    .contains(&req.port)
-                    .then(|| candidates.iter().find(|h| glob::host_matches(&ep.host, h)))
-                    .flatten()
-            }) else {
-                continue;
-            };
-            if rule.binaries.is_empty() || binary_allowed(&rule.binaries, req.binaries) {
-                return L4Decision::Allow {
-                    rule: rule.key.clone(),
-                    host: host.to_string(),
-                };
-            }
-            binary_misses.push(format!(
-                "binary '{}' not allowed in policy '{}' (ancestors: [{}])",
-                req.binaries
-                    .first()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                rule.key,
-                req.binaries
-                    .iter()
-                    .skip(1)
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if binary_misses.is_empty() {
-            let host = candidates.first().copied().unwrap_or_default();
-            L4Decision::Deny {
-                reason: format!("endpoint {host}:{} is not allowed by any policy", req.port),
-            }
-        } else {
-            L4Decision::Deny {
-                reason: binary_misses.join("; "),
-            }
-        }
-    }
-}
-
-fn binary_allowed(patterns: &[String], binaries: &[&Path]) -> bool {
-    binaries.iter().any(|b| {
-        let path = b.to_string_lossy();
-        patterns.iter().any(|p| {
-            if p.contains('*') {
-                glob::path_matches(p, &path)
-            } else {
-                *p == path
-            }
-        })
-    })
-}
-
-fn compile_endpoint(ep: &Endpoint) -> Result<CompiledEndpoint, (&'static str, String)> {
-    if ep.host.is_empty() {
-        return Err((
-            "host",
-            "an endpoint needs a host (a name, a glob such as `*.example.com`, or an IP)".into(),
-        ));
-    }
-    if let Some(problem) = glob::host_glob_error(&ep.host) {
-        return Err(("host", problem));
-    }
-    let raw: Vec<u32> = if ep.ports.is_empty() {
-        vec![ep.port]
-    } else {
-        ep.ports.clone()
-    };
-    let mut ports = Vec::new();
-    for p in raw {
-        match u16::try_from(p) {
-            Ok(p) if p != 0 => ports.push(p),
-            _ => {
-                let field = if ep.ports.is_empty() { "port" } else { "ports" };
-                return Err((field, format!("port {p} is out of range; use 1-65535")));
-            }
-        }
-    }
-    Ok(CompiledEndpoint {
-        host: ep.host.to_ascii_lowercase(),
-        ports,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::Ipv4Addr;
-
-    const POLICY: &str = r#"
-version: 1
-network_policies:
-  example:
-    name: example
-    endpoints:
-      - host: example.test
-        port: 8080
-      - host: "*.wild.test"
-        ports: [443, 8443]
-    binaries:
-      - path: /usr/bin/curl
-  anything_python:
-    endpoints:
-      - host: 192.0.2.10
-        port: 9000
-    binaries:
-      - path: /usr/bin/python3*
-"#;
-
-    fn eval(policy: &Policy, names: &[&str], port: u16, bins: &[&str]) -> L4Decision {
-        let hostnames: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let paths: Vec<&Path> = bins.iter().map(Path::new).collect();
-        policy.evaluate_l4(&L4Request {
-            hostnames: &hostnames,
-            ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-            port,
-            binaries: &paths,
-        })
+        self.inner.index.evaluate(&self.inner.rules, req)
     }
 
-    #[test]
-    fn allows_by_binary_and_port() {
-        let p = Policy::parse("t.yaml", POLICY).unwrap();
-        assert!(matches!(
-            eval(&p, &["example.test"], 8080, &["/usr/bin/curl"]),
-            L4Decision::Allow { .. }
-        ));
-        let denied = eval(&p, &["example.test"], 8080, &["/usr/bin/wget"]);
-        assert_eq!(
-            denied,
-            L4Decision::Deny {
-                reason: "binary '/usr/bin/wget' not allowed in policy 'example' (ancestors: [])"
-                    .into()
-            }
-        );
-        assert!(matches!(
-            eval(&p, &["example.test"], 8081, &["/usr/bin/curl"]),
-            L4Decision::Deny { .. }
-        ));
-    }
-
-    #[test]
-    fn ancestors_and_globs_match_binaries() {
-        let p = Policy::parse("t.yaml", POLICY).unwrap();
-        assert!(matches!(
-            eval(
-                &p,
-                &["a.wild.test"],
-                443,
-                &["/usr/bin/env", "/usr/bin/curl"]
-            ),
-            L4Decision::Allow { .. }
-        ));
-        assert!(matches!(
-            eval(&p, &[], 9000, &["/usr/bin/python3.11"]),
-            L4Decision::Allow { .. }
-        ));
-    }
-
-    #[test]
-    fn no_policy_denies_everything() {
-        assert_eq!(
-            eval(
-                &Policy::deny_all(),
-                &["example.test"],
-                8080,
-                &["/usr/bin/curl"]
-            ),
-            L4Decision::Deny {
-                reason: "network connections not allowed by policy".into()
-            }
-        );
-    }
-
-    #[test]
-    fn errors_name_the_yaml_path_and_the_fix() {
-        let bad = POLICY.replace("*.wild.test", "*.test");
-        let e = Policy::parse("t.yaml", &bad).unwrap_err();
-        assert_eq!(e.yaml_path, "network_policies.example.endpoints[1].host");
-        assert!(
-            e.to_string()
-                .starts_with("t.yaml: network_policies.example.endpoints[1].host: ")
-        );
-        let e = Policy::parse("t.yaml", &POLICY.replace("port: 8080", "port: 70000")).unwrap_err();
-        assert!(e.problem.contains("out of range"), "{e}");
-        let e = Policy::parse("t.yaml", &POLICY.replace("version: 1", "version: 2")).unwrap_err();
-        assert_eq!(e.yaml_path, "version");
-        let e =
-            Policy::parse("t.yaml", &POLICY.replace("name: example", "nmae: example")).unwrap_err();
-        assert!(e.problem.contains("nmae"), "{e}");
-    }
-
-    #[test]
-    fn unenforced_sections_warn() {
-        let p = Policy::parse(
-            "t.yaml",
-            "version: 1\nlandlock:\n  compatibility: best_effort\n",
-        )
-        .unwrap();
-        assert_eq!(p.warnings.len(), 1);
-        assert!(p.warnings[0].contains("not enforced"));
+    /// Every endpoint of every rule that matches the request's host, port
+    /// and binary, in key then endpoint order: the set the L7 decision
+    /// ranges over (§1.4: allow from any, deny from any).
+    pub fn matching_endpoints(&self, req: &L4Request<'_>) -> Vec<EndpointMatch<'_>> {
+        self.inner
+            .index
+            .matching(&self.inner.rules, req)
+            .into_iter()
+            .map(|(rule, endpoint_index, endpoint, host)| EndpointMatch {
+                rule,
+                endpoint_index,
+                endpoint,
+                host,
+            })
+            .collect()
     }
 }

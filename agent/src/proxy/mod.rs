@@ -1,30 +1,54 @@
 //! The transparent listener: every TCP connect of a sandbox lands here.
 //!
-//! Per connection: recover the original destination from the kernel
-//! (a miss is a deny), attribute the binary, decide at L4, then relay or
-//! close. Every decision is audited.
+//! Per connection:
+//! 1. recover the original destination from the kernel (a miss is a deny);
+//! 2. attribute the binary and the sandbox, and take the policy snapshot
+//!    in force, which the connection keeps;
+//! 3. learn the name: a synthetic address from the agent's DNS maps back
+//!    to the name the workload resolved; a TLS SNI or HTTP Host the client
+//!    sends must agree with it;
+//! 4. decide at L4; resolve the name only now, and dial only addresses the
+//!    SSRF rules permit;
+//! 5. relay until either side closes or a reload withdraws the permission.
+//!
+//! Every decision is audited.
 
 pub mod relay;
+pub mod sniff;
 pub mod upstream;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use portcullis_common::{ConnectRecord, IPPROTO_UDP};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 use crate::{
     audit::{
         AuditEvent, ConnectionFacts, DenyCause, Inspection, NetworkActivity, ProcessFacts,
         SsrfKind, Transport,
     },
-    daemon::{Agent, Stats},
+    daemon::{Agent, SandboxView, Stats, policies::Snapshot},
     datapath::addr_from_abi,
+    dns::Resolve,
     identity::Identity,
-    policy::{L4Decision, L4Request},
+    policy::{L4Decision, L4Request, ssrf},
 };
+
+/// How long the proxy waits for a client to speak (first, or more of a
+/// started hello or head) before treating the stream as opaque.
+/// Server-first protocols pay this once.
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(300);
+/// How long a started ClientHello or request head may take to complete.
+const SNIFF_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     loop {
@@ -44,15 +68,41 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
 
 /// What the proxy knows once a connection is attributed.
 struct Attributed {
+    /// Subscribed when the snapshot was taken, so no reload can slip
+    /// between the decision and the relay's watch.
+    policy_rx: Option<watch::Receiver<Arc<Snapshot>>>,
     sandbox: String,
+    snapshot: Arc<Snapshot>,
     identity: Result<Identity, String>,
     record: ConnectRecord,
     dst: SocketAddr,
-    hostnames: Vec<String>,
-    policy: Arc<crate::policy::Policy>,
+    /// The name behind a synthetic destination address.
+    name: Option<String>,
+    /// The destination is a synthetic address whose name is no longer known.
+    stale_synthetic: bool,
 }
 
-async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
+/// An L4 question with owned parts, re-asked when the policy reloads.
+struct Question {
+    hostnames: Vec<String>,
+    ip: IpAddr,
+    port: u16,
+    binaries: Vec<PathBuf>,
+}
+
+impl Question {
+    fn ask(&self, snapshot: &Snapshot) -> L4Decision {
+        let binaries: Vec<&std::path::Path> = self.binaries.iter().map(PathBuf::as_path).collect();
+        snapshot.policy.evaluate_l4(&L4Request {
+            hostnames: &self.hostnames,
+            ip: self.ip,
+            port: self.port,
+            binaries: &binaries,
+        })
+    }
+}
+
+async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     Stats::bump(&agent.stats.connections_total);
     let record = agent
         .datapath
@@ -82,95 +132,316 @@ async fn handle(agent: Arc<Agent>, stream: TcpStream, peer: SocketAddr) {
     let identity = match &conn.identity {
         Ok(identity) => identity,
         Err(reason) => {
-            deny(
+            return deny(
                 &agent,
                 stream,
-                facts_with_reason(facts, reason.clone()),
+                with_reason(facts, reason.clone()),
                 DenyCause::Policy,
             );
-            return;
         }
     };
-    let binaries: Vec<&std::path::Path> = identity.binary_paths().collect();
-    let decision = conn.policy.evaluate_l4(&L4Request {
-        hostnames: &conn.hostnames,
-        ip: conn.dst.ip(),
-        port: conn.dst.port(),
-        binaries: &binaries,
-    });
-    let (rule, host) = match decision {
-        L4Decision::Deny { reason } => {
-            deny(
-                &agent,
-                stream,
-                facts_with_reason(facts, reason),
-                DenyCause::Policy,
-            );
-            return;
-        }
-        L4Decision::Allow { rule, host } => (rule, host),
-    };
-    let facts = ConnectionFacts {
-        policy: Some(rule),
-        dst_host: Some(host),
-        ..facts
-    };
-    if let Some(kind) = upstream::always_blocked(conn.dst.ip()) {
+    if conn.stale_synthetic {
         let reason = format!(
-            "{} is {kind}: never reachable from a sandbox",
+            "{} is a DNS answer that expired; resolve the name again",
             conn.dst.ip()
         );
-        deny(
+        return deny(
             &agent,
             stream,
-            facts_with_reason(facts, reason),
-            DenyCause::Ssrf(SsrfKind::InternalAddress),
+            with_reason(facts, reason),
+            DenyCause::Policy,
         );
-        return;
     }
-    // The decision is audited; a failed dial after it is operational.
+
+    if conn.name.as_deref() == Some(crate::POLICY_LOCAL_HOST) {
+        return serve_policy_local(stream).await;
+    }
+
+    // What the client says it is talking to, read before any dial.
+    let prefix = match read_prefix(&mut stream).await {
+        Ok(prefix) => prefix,
+        Err(e) => {
+            log::debug!(
+                "sandbox {}: client went away before speaking: {e}",
+                conn.sandbox
+            );
+            return;
+        }
+    };
+    if let (Some(name), Some(claimed)) = (&conn.name, claimed_host(&prefix)) {
+        match claimed {
+            Err(problem) => {
+                return deny(
+                    &agent,
+                    stream,
+                    with_reason(facts, problem),
+                    DenyCause::Policy,
+                );
+            }
+            Ok((what, host)) if sniff::normalize_host(&host) != *name => {
+                let reason = format!(
+                    "{what} '{host}' does not match the name the workload resolved ('{name}')"
+                );
+                return deny(
+                    &agent,
+                    stream,
+                    with_reason(facts, reason),
+                    DenyCause::Policy,
+                );
+            }
+            Ok(_) => {}
+        }
+    }
+
+    let question = Question {
+        hostnames: conn.name.iter().cloned().collect(),
+        ip: conn.dst.ip(),
+        port: conn.dst.port(),
+        binaries: identity.binary_paths().map(|p| p.to_path_buf()).collect(),
+    };
+    let allow = match question.ask(&conn.snapshot) {
+        L4Decision::Deny { reason } => {
+            return deny(
+                &agent,
+                stream,
+                with_reason(facts, reason),
+                DenyCause::Policy,
+            );
+        }
+        L4Decision::Allow(allow) => allow,
+    };
+    let facts = ConnectionFacts {
+        policy: Some(allow.rule.clone()),
+        ..facts
+    };
+
+    // Resolve only now: a name no policy allows never reaches upstream DNS.
+    let resolved = match &conn.name {
+        Some(name) => match agent.resolver.resolve(name).await {
+            Ok(addrs) => {
+                log::info!(
+                    "sandbox {}: resolved {name} for rule {}: {addrs:?}",
+                    conn.sandbox,
+                    allow.rule
+                );
+                addrs
+            }
+            Err(e) => {
+                let reason = format!("cannot resolve {name}: {e}");
+                log::info!("sandbox {}: {reason}", conn.sandbox);
+                agent.audit.log(
+                    NetworkActivity::denied(&with_reason(facts, reason), DenyCause::Policy).into(),
+                );
+                refuse(stream);
+                return;
+            }
+        },
+        None => vec![conn.dst.ip()],
+    };
+    let permitted = match ssrf::permitted_addresses(&allow.endpoint, conn.dst.port(), &resolved) {
+        Ok(permitted) => permitted,
+        Err(denial) => {
+            let kind = match denial {
+                ssrf::SsrfDenial::NotInAllowedIps { .. } => SsrfKind::AllowedIpsCheckFailed,
+                _ => SsrfKind::InternalAddress,
+            };
+            return deny(
+                &agent,
+                stream,
+                with_reason(facts, denial.to_string()),
+                DenyCause::Ssrf(kind),
+            );
+        }
+    };
+
+    let facts = ConnectionFacts {
+        dst_ip: permitted.first().copied(),
+        ..facts
+    };
     agent
         .audit
         .log(NetworkActivity::allowed(&facts, Inspection::L4Only).into());
-    let upstream = match upstream::dial(conn.dst, agent.config.self_mark).await {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            log::info!("sandbox {}: dial {} failed: {e}", conn.sandbox, conn.dst);
-            refuse(stream);
-            return;
-        }
+    let Some(mut upstream) = dial_first(&permitted, conn.dst.port(), agent.config.self_mark).await
+    else {
+        log::info!(
+            "sandbox {}: no address of {} answered",
+            conn.sandbox,
+            facts.dst_host.as_deref().unwrap_or("?")
+        );
+        refuse(stream);
+        return;
     };
+    if !prefix.is_empty() && upstream.write_all(&prefix).await.is_err() {
+        refuse(stream);
+        return;
+    }
+
     agent
         .stats
         .connections_active
         .fetch_add(1, Ordering::Relaxed);
-    let result = relay::relay(stream, upstream, agent.config.relay, std::future::pending()).await;
+    let withdrawn: Arc<Mutex<Option<String>>> = Arc::default();
+    let stop = conn
+        .policy_rx
+        .map(|rx| until_withdrawn(rx, question, withdrawn.clone()));
+    let stop = async move {
+        match stop {
+            Some(stop) => stop.await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = relay::relay(stream, upstream, agent.config.relay, stop).await;
     agent
         .stats
         .connections_active
         .fetch_sub(1, Ordering::Relaxed);
-    if let Err(e) = result {
-        log::debug!("relay to {} ended: {e}", conn.dst);
+    let reason = withdrawn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (result, reason) {
+        (_, Some(reason)) => {
+            log::info!(
+                "sandbox {}: closed relay to {}: {reason}",
+                conn.sandbox,
+                conn.dst
+            );
+            agent
+                .audit
+                .log(NetworkActivity::closed_after_reload(&with_reason(facts, reason)).into());
+        }
+        (Err(e), None) => log::debug!("relay to {} ended: {e}", conn.dst),
+        (Ok(_), None) => {}
     }
 }
 
+/// `policy.local` is the agent itself; its routes arrive with the approval
+/// loop. Until then every request gets a structured 503.
+async fn serve_policy_local(mut stream: TcpStream) {
+    let body = r#"{"error":"policy_local_unavailable","detail":"policy.local is reserved for the sandbox policy API, which this agent does not serve yet"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut request = [0u8; 8192];
+    let _ = tokio::time::timeout(SNIFF_DEADLINE, stream.read(&mut request)).await;
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Completes when a reload produces a snapshot that denies `question`,
+/// leaving the reason in `reason`.
+async fn until_withdrawn(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    question: Question,
+    reason: Arc<Mutex<Option<String>>>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            // The sandbox is gone (its processes were killed with it).
+            return std::future::pending().await;
+        }
+        let snapshot = rx.borrow_and_update().clone();
+        if let L4Decision::Deny { reason: why } = question.ask(&snapshot) {
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                "policy version {} no longer allows it: {why}",
+                snapshot.version
+            ));
+            return;
+        }
+    }
+}
+
+async fn dial_first(addrs: &[IpAddr], port: u16, mark: u32) -> Option<TcpStream> {
+    for ip in addrs {
+        match upstream::dial(SocketAddr::new(*ip, port), mark).await {
+            Ok(stream) => return Some(stream),
+            Err(e) => log::debug!("dial {ip}:{port}: {e}"),
+        }
+    }
+    None
+}
+
+/// Reads what the client sends first, until it is clearly a TLS
+/// ClientHello, an HTTP request head, or neither. The bytes are replayed
+/// to the upstream before relaying.
+async fn read_prefix(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + SNIFF_DEADLINE;
+    loop {
+        // A hello or request head arrives in a burst; a pause this long
+        // means the client is waiting for the server (an opaque protocol).
+        let wait =
+            FIRST_BYTES_WAIT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let n = match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
+            Err(_) => return Ok(buf), // Silent client or slow head: decide without it.
+            Ok(read) => read?,
+        };
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() >= sniff::MAX_SNIFF || !matches!(sniff::sniff(&buf), sniff::Sniffed::NeedMore)
+        {
+            return Ok(buf);
+        }
+    }
+}
+
+/// The host a client names in its first bytes: ("TLS SNI" | "HTTP Host",
+/// host), an error for a hello or request that cannot be read (a lenient
+/// server might still find a host in it), or None when the client names
+/// nothing (silent, opaque protocols, h2c).
+fn claimed_host(prefix: &[u8]) -> Option<Result<(&'static str, String), String>> {
+    match sniff::sniff_final(prefix) {
+        sniff::Sniffed::Tls { sni: Some(sni), .. } => Some(Ok(("TLS SNI", sni))),
+        sniff::Sniffed::Http {
+            host: sniff::HostHeader::One(host),
+            ..
+        } => Some(Ok(("HTTP Host", host))),
+        sniff::Sniffed::Http {
+            host: sniff::HostHeader::Conflicting,
+            ..
+        } => Some(Err(
+            "the request names conflicting hosts (Host headers or target)".to_string(),
+        )),
+        // Unreadable but unmistakably TLS or HTTP: a lenient server might
+        // still find a host in it. Anything else is an opaque protocol.
+        sniff::Sniffed::Malformed if looks_like_tls_or_http(prefix) => Some(Err(
+            "the TLS ClientHello or HTTP request head is malformed or incomplete".to_string(),
+        )),
+        _ => None,
+    }
+}
+
+fn looks_like_tls_or_http(prefix: &[u8]) -> bool {
+    let tls = prefix.len() >= 2 && prefix[0] == 0x16 && prefix[1] == 0x03;
+    let http = prefix.windows(7).any(|w| w == b" HTTP/1") || prefix.starts_with(b"CONNECT ");
+    tls || http
+}
+
 fn attribute(agent: &Agent, record: ConnectRecord) -> Attributed {
-    let (sandbox, identity) = agent.attribute(&record);
-    let sandbox = sandbox.as_ref();
-    let identity = identity.map_err(|e| e.to_string());
+    let (view, identity) = agent.attribute(&record);
     let ip = addr_from_abi(&record.dst_addr);
+    let synthetic = agent.pool.contains(ip);
+    let name = synthetic
+        .then(|| agent.pool.name_for(ip, Instant::now()))
+        .flatten();
+    let policy_rx = view.as_ref().map(|v: &SandboxView| v.policy.subscribe());
     Attributed {
-        sandbox: sandbox
+        sandbox: view
+            .as_ref()
             .map(|s| s.record.name.to_string())
             .unwrap_or_else(|| "-".into()),
         // An unknown sandbox gets no policy: deny all.
-        policy: sandbox
-            .map(|s| s.policy.clone())
-            .unwrap_or_else(|| Arc::new(crate::policy::Policy::deny_all())),
-        identity,
+        snapshot: policy_rx
+            .as_ref()
+            .map(|rx| rx.borrow().clone())
+            .unwrap_or_else(Snapshot::deny_all),
+        policy_rx,
+        identity: identity.map_err(|e| e.to_string()),
         record,
         dst: SocketAddr::new(ip, record.dst_port),
-        hostnames: agent.names.names_for(ip),
+        stale_synthetic: synthetic && name.is_none(),
+        name,
     }
 }
 
@@ -179,7 +450,7 @@ fn facts_for(conn: &Attributed, src: Option<SocketAddr>) -> ConnectionFacts {
         sandbox: conn.sandbox.clone(),
         process: Some(process_facts(&conn.record, conn.identity.as_ref().ok())),
         src,
-        dst_host: conn.hostnames.first().cloned(),
+        dst_host: conn.name.clone(),
         dst_ip: Some(conn.dst.ip()),
         dst_port: conn.dst.port(),
         protocol: if conn.record.protocol == IPPROTO_UDP {
@@ -187,6 +458,8 @@ fn facts_for(conn: &Attributed, src: Option<SocketAddr>) -> ConnectionFacts {
         } else {
             Transport::Tcp
         },
+        policy_version: Some(conn.snapshot.version.to_string()),
+        policy_hash: Some(conn.snapshot.hash.clone()),
         ..ConnectionFacts::default()
     }
 }
@@ -214,7 +487,7 @@ fn process_facts(record: &ConnectRecord, identity: Option<&Identity>) -> Process
     }
 }
 
-fn facts_with_reason(facts: ConnectionFacts, reason: String) -> ConnectionFacts {
+fn with_reason(facts: ConnectionFacts, reason: String) -> ConnectionFacts {
     ConnectionFacts {
         reason: Some(reason),
         ..facts
@@ -224,7 +497,8 @@ fn facts_with_reason(facts: ConnectionFacts, reason: String) -> ConnectionFacts 
 fn deny(agent: &Agent, stream: TcpStream, facts: ConnectionFacts, cause: DenyCause) {
     Stats::bump(&agent.stats.connections_denied);
     log::info!(
-        "denied {} -> {}:{}: {}",
+        "sandbox {}: denied {} -> {}:{}: {}",
+        facts.sandbox,
         facts
             .process
             .as_ref()

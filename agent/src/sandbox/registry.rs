@@ -69,9 +69,6 @@ pub struct SandboxRecord {
     pub cgroup_path: PathBuf,
     /// Adopted cgroups belong to someone else: never killed or removed.
     pub adopted: bool,
-    /// Policy YAML in force, if any; none denies all egress.
-    pub policy_yaml: Option<String>,
-    pub policy_source: Option<String>,
     pub created_unix: u64,
 }
 
@@ -177,8 +174,6 @@ mod tests {
             id,
             cgroup_path: format!("/sys/fs/cgroup/portcullis/{name}").into(),
             adopted: false,
-            policy_yaml: None,
-            policy_source: None,
             created_unix: 1,
         }
     }
