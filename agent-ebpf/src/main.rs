@@ -21,7 +21,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock, bpf_sock_addr},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_bind, bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel_str_bytes,
     },
@@ -238,6 +238,10 @@ fn redirect_or_refuse(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
         ),
     };
     let record = record_for(ctx, dst, port, family, protocol);
+    if slot == counter::REDIRECTED_DNS {
+        // SAFETY: valid context of a connect or sendmsg hook.
+        unsafe { mark_dns_source(ctx, &record, v6, &dst, hook) };
+    }
     if CONNECT_BY_COOKIE
         .insert(&record.cookie, &record, 0)
         .is_err()
@@ -254,6 +258,93 @@ fn redirect_or_refuse(ctx: &SockAddrContext, v6: bool, hook: Hook) -> i32 {
     unsafe { set_destination(sa, v6, &dst, ip4, &ip6, target_port) };
     bump(slot);
     ALLOW
+}
+
+/// `struct sockaddr_in6`, which `bpf_bind` takes for IPv6 sockets.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: Addr6,
+    scope_id: u32,
+}
+
+/// `struct sockaddr_in`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+/// Sends a sandbox's DNS queries from its own loopback address
+/// (127.64.0.0/10), so the responder knows whose query it answers: set the
+/// source of this datagram (sendmsg) or bind the socket (connect). A socket
+/// the workload bound itself keeps its address and is answered from the
+/// shared pool.
+#[inline(always)]
+unsafe fn mark_dns_source(
+    ctx: &SockAddrContext,
+    record: &ConnectRecord,
+    v6: bool,
+    dst: &Addr6,
+    hook: Hook,
+) {
+    // SAFETY: lookup only; the value is copied.
+    let Some(id) = (unsafe { SANDBOX_CGROUPS.get(&record.cgroup_id) }).copied() else {
+        return;
+    };
+    let Some(src) = portcullis_common::dns_source_for(id) else {
+        return;
+    };
+    // Pure IPv6 resolvers keep ::1 and the shared pool.
+    if v6 && !is_v4_mapped(dst) {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: msg_src fields are writable in sendmsg hooks; bpf_bind is
+    // allowed in connect hooks and reads a stack sockaddr.
+    unsafe {
+        match hook {
+            Hook::Sendmsg4 => (*sa).msg_src_ip4 = src,
+            Hook::Sendmsg6 => {
+                let mapped = v4_mapped(src);
+                (*sa).msg_src_ip6[0] = mapped[0];
+                (*sa).msg_src_ip6[1] = mapped[1];
+                (*sa).msg_src_ip6[2] = mapped[2];
+                (*sa).msg_src_ip6[3] = mapped[3];
+            }
+            Hook::Connect4 => {
+                let mut addr = SockaddrIn {
+                    family: portcullis_common::AF_INET,
+                    port: 0,
+                    addr: src,
+                    zero: [0; 8],
+                };
+                let _ = bpf_bind(
+                    sa,
+                    (&mut addr as *mut SockaddrIn).cast(),
+                    core::mem::size_of::<SockaddrIn>() as i32,
+                );
+            }
+            Hook::Connect6 => {
+                let mut addr = SockaddrIn6 {
+                    family: portcullis_common::AF_INET6,
+                    port: 0,
+                    flowinfo: 0,
+                    addr: v4_mapped(src),
+                    scope_id: 0,
+                };
+                let _ = bpf_bind(
+                    sa,
+                    (&mut addr as *mut SockaddrIn6).cast(),
+                    core::mem::size_of::<SockaddrIn6>() as i32,
+                );
+            }
+        }
+    }
 }
 
 #[cgroup_sock_addr(connect4)]

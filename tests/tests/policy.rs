@@ -499,3 +499,87 @@ network_policies:
     assert!(get.contains("version   2"), "{get}");
     assert!(curl(&agent, "demo", api).status.success());
 }
+
+#[test]
+fn each_sandbox_has_its_own_synthetic_names() {
+    if !privileged() {
+        return;
+    }
+    let mut up = Upstream::create(16);
+    up.serve_http(8080);
+    let agent = Agent::start("policy-pools", 16, &[("api.example.test", up.ip4.as_str())]);
+    let p = agent.write_policy(
+        "p.yaml",
+        "version: 1
+network_policies:
+  api:
+    endpoints:
+      - host: api.example.test
+        port: 8080
+    binaries:
+      - path: /usr/bin/python3*
+",
+    );
+    for sandbox in ["a", "b"] {
+        agent.ok(&[
+            "sandbox",
+            "create",
+            sandbox,
+            "--policy",
+            p.to_str().unwrap(),
+        ]);
+    }
+    let resolve =
+        "import socket; print(socket.getaddrinfo('api.example.test', 80, socket.AF_INET)[0][4][0])";
+    let a_ip = stdout(&agent.run_in("a", &["/usr/bin/python3", "-c", resolve]))
+        .trim()
+        .to_string();
+    assert!(a_ip.starts_with("10.200."), "{a_ip}");
+    // Sandbox b never resolved the name: a's address means nothing there,
+    // even though b's policy allows the name.
+    let connect = "import socket, sys\n\
+        try:\n    s = socket.create_connection((sys.argv[1], 8080), timeout=10)\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    print(s.recv(12).decode())\n\
+        except OSError as e:\n    print('refused', type(e).__name__)\n";
+    let out = agent.run_in("b", &["/usr/bin/python3", "-c", connect, &a_ip]);
+    let b_view = stdout(&out);
+    assert!(b_view.starts_with("refused"), "b used a's answer: {b_view}");
+    agent
+        .wait_event(WAIT, |e| {
+            is_net(e, 2) && e["unmapped"]["sandbox"] == "b" && e.to_string().contains(&a_ip)
+        })
+        .expect("deny event in sandbox b");
+    // Pools are separate (a shared pool would give both the same answer;
+    // separate keyed pools collide with odds of about 1 in 65,000).
+    let b_ip = stdout(&agent.run_in("b", &["/usr/bin/python3", "-c", resolve]))
+        .trim()
+        .to_string();
+    assert_ne!(a_ip, b_ip, "both sandboxes got their answer from one pool");
+    // An unconnected socket (sendto/recvfrom) gets the same answer from the
+    // same pool, and the reply appears to come from the resolver it asked.
+    let raw_query = "import socket, struct\n\
+        ns = next((l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')), '127.0.0.53')\n\
+        q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)\n\
+        q += b''.join(bytes([len(p)]) + p.encode() for p in 'api.example.test'.split('.')) + b'\\0' + struct.pack('>HH', 1, 1)\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.settimeout(5)\n\
+        s.sendto(q, (ns, 53))\n\
+        data, src = s.recvfrom(512)\n\
+        print(src == (ns, 53), socket.inet_ntoa(data[-4:]))\n";
+    let out = agent.run_in("a", &["/usr/bin/python3", "-c", raw_query]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("True {a_ip}"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Each sandbox reaches the name through its own answer.
+    for (sandbox, ip) in [("a", &a_ip), ("b", &b_ip)] {
+        let out = agent.run_in(sandbox, &["/usr/bin/python3", "-c", connect, ip]);
+        assert!(
+            stdout(&out).starts_with("HTTP/1.0 200"),
+            "{sandbox}: {}",
+            stdout(&out)
+        );
+    }
+}

@@ -54,6 +54,12 @@ fn run() -> Result<()> {
         "test" => test(),
         "bench" => {
             let agent = build_all()?;
+            // Policy decisions with 10,000 rules (criterion), then the
+            // datapath against the direct path, measured in one run.
+            let status = cargo()
+                .args(["bench", "-p", "portcullis-agent", "--bench", "policy"])
+                .status()?;
+            exit_with(status).context("policy benchmark")?;
             let status = cargo()
                 .args([
                     "run",

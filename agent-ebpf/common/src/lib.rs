@@ -155,6 +155,35 @@ pub fn classify(
     }
 }
 
+/// First address of the loopback block DNS queries are sent from, one
+/// address per sandbox: 127.64.0.0/10. The responder reads the sandbox from
+/// the source of a query, so each sandbox gets its own synthetic names.
+pub const DNS_SOURCE_BASE: u32 = 0x7f40_0000;
+/// Sandbox ids that fit in the block.
+pub const DNS_SOURCE_MAX_ID: u32 = (1 << 22) - 1;
+
+/// The IPv4 source (network order) for DNS queries of sandbox `id`, or None
+/// for an id the block cannot hold (0 is "unknown").
+#[inline(always)]
+pub const fn dns_source_for(id: u32) -> Option<u32> {
+    if id == 0 || id > DNS_SOURCE_MAX_ID {
+        None
+    } else {
+        Some((DNS_SOURCE_BASE | id).to_be())
+    }
+}
+
+/// The sandbox id a DNS query's IPv4 source (host order octets) encodes.
+#[inline(always)]
+pub const fn sandbox_of_dns_source(octets: [u8; 4]) -> Option<u32> {
+    let ip = u32::from_be_bytes(octets);
+    if ip & 0xffc0_0000 == DNS_SOURCE_BASE && ip != DNS_SOURCE_BASE {
+        Some(ip & DNS_SOURCE_MAX_ID)
+    } else {
+        None
+    }
+}
+
 /// The `CONNECT_BY_SOURCE` key for a socket seen at `sock_ops`. An AF_INET6
 /// socket connected to an IPv4-mapped address runs IPv4 underneath: its
 /// usable local address is the IPv4 one, which the proxy sees as the peer of
@@ -467,6 +496,21 @@ mod tests {
         );
         let k = source_key(AF_INET as u32, loopback4(), [0; 4], [0; 4], 40002);
         assert_eq!(k.addr, v4_mapped(loopback4()));
+    }
+
+    #[test]
+    fn dns_sources_encode_sandboxes() {
+        for id in [1, 2, 255, 256, 70_000, DNS_SOURCE_MAX_ID] {
+            let be = dns_source_for(id).unwrap();
+            let octets = u32::from_be(be).to_be_bytes();
+            assert_eq!(octets[0], 127);
+            assert_eq!(sandbox_of_dns_source(octets), Some(id));
+        }
+        assert_eq!(dns_source_for(0), None);
+        assert_eq!(dns_source_for(DNS_SOURCE_MAX_ID + 1), None);
+        assert_eq!(sandbox_of_dns_source([127, 0, 0, 1]), None);
+        assert_eq!(sandbox_of_dns_source([127, 64, 0, 0]), None);
+        assert_eq!(sandbox_of_dns_source([10, 64, 0, 1]), None);
     }
 
     #[test]

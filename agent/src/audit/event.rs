@@ -16,7 +16,7 @@ use super::enums::{
     Action, ConfigActivityId, Direction, Disposition, HttpActivityId, LifecycleActivityId,
     NetworkActivityId, Severity, State, Status,
 };
-use super::text::{bracket_ipv6, redact_query, sanitize};
+use super::text::{bracket_ipv6, redact_query, redact_secrets, sanitize};
 
 /// OCSF schema version of every event.
 pub const OCSF_VERSION: &str = "1.8.0";
@@ -542,7 +542,7 @@ impl ConnectionFacts {
                 cmd_line: p
                     .cmd_line
                     .as_deref()
-                    .map(|c| sanitize(c, MAX_CMD_LINE_BYTES)),
+                    .map(|c| sanitize(&redact_secrets(c), MAX_CMD_LINE_BYTES)),
                 user: p.uid.map(|uid| User {
                     uid: uid.to_string(),
                 }),

@@ -49,6 +49,111 @@ pub fn redact_query_text(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Marker that replaces a secret found in a command line.
+pub const REDACTED_SECRET: &str = "[redacted]";
+
+/// Redacts what looks like a credential in a command line: the word after
+/// `Bearer`/`Basic`/`-u`/`--user`, values of secret-named `key=value`
+/// arguments, passwords in URL userinfo, and well-known token formats.
+/// A command line is logged for attribution; its secrets never are.
+pub fn redact_secrets(cmd_line: &str) -> Cow<'_, str> {
+    const SECRET_KEYS: [&str; 12] = [
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "token",
+        "secret",
+        "apikey",
+        "api_key",
+        "api-key",
+        "access_token",
+        "authorization",
+        "auth",
+    ];
+    const TOKEN_PREFIXES: [&str; 8] = [
+        "ghp_",
+        "gho_",
+        "ghs_",
+        "ghu_",
+        "github_pat_",
+        "glpat-",
+        "sk-",
+        "xox",
+    ];
+    let mut changed = false;
+    let mut out = String::with_capacity(cmd_line.len());
+    let mut redact_next = false;
+    for (i, word) in cmd_line.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let bare = word.trim_matches(|c| c == '"' || c == '\'');
+        let lower = bare.to_ascii_lowercase();
+        let scheme_word = matches!(lower.as_str(), "bearer" | "basic" | "token");
+        let redacted: Option<String> = if redact_next && !bare.is_empty() && !scheme_word {
+            Some(match bare.split_once(':') {
+                // `-u user:pass` keeps the user.
+                Some((user, _)) if !user.is_empty() && !lower.starts_with("bearer") => {
+                    format!("{user}:{REDACTED_SECRET}")
+                }
+                _ => REDACTED_SECRET.to_string(),
+            })
+        } else if TOKEN_PREFIXES
+            .iter()
+            .any(|p| lower.starts_with(p) && bare.len() > p.len() + 8)
+        {
+            Some(REDACTED_SECRET.to_string())
+        } else if let Some((key, value)) =
+            bare.split_once(['=', ':']).filter(|(_, v)| !v.is_empty())
+        {
+            let key_l = key.trim_start_matches('-').to_ascii_lowercase();
+            if SECRET_KEYS.contains(&key_l.as_str()) && !value.starts_with("//") {
+                Some(format!(
+                    "{key}{}{REDACTED_SECRET}",
+                    &bare[key.len()..key.len() + 1]
+                ))
+            } else if let Some(at) = bare.find("://") {
+                // scheme://user:password@host
+                let rest = &bare[at + 3..];
+                match (rest.find('@'), rest.find(':')) {
+                    (Some(at_sign), Some(colon))
+                        if colon < at_sign && !rest[..at_sign].contains('/') =>
+                    {
+                        Some(format!(
+                            "{}{}:{REDACTED_SECRET}{}",
+                            &bare[..at + 3],
+                            &rest[..colon],
+                            &rest[at_sign..]
+                        ))
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        redact_next = matches!(
+            lower.as_str(),
+            "bearer" | "basic" | "-u" | "--user" | "--password" | "--token"
+        ) || lower.ends_with("authorization:");
+        match redacted {
+            Some(r) => {
+                changed = true;
+                out.push_str(&r);
+            }
+            None => out.push_str(word),
+        }
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(cmd_line)
+    }
+}
+
 /// Replaces control characters (CR, LF, ESC, ...) with spaces so a value
 /// can never split or forge a log line.
 pub fn one_line(text: &str) -> Cow<'_, str> {
@@ -153,5 +258,34 @@ mod tests {
     fn sanitize_combines_all_rules() {
         assert_eq!(sanitize("x?k=v\ny", 100), "x?[redacted] y");
         assert_eq!(sanitize("abcdef", 2), "ab...");
+    }
+
+    #[test]
+    fn secrets_in_command_lines_are_redacted() {
+        let cases = [
+            (
+                "curl -H Authorization: Bearer abc.def https://x/",
+                "curl -H Authorization: Bearer [redacted] https://x/",
+            ),
+            (
+                "curl -u alice:s3cret https://x/",
+                "curl -u alice:[redacted] https://x/",
+            ),
+            (
+                "tool --password=hunter2 --name=bob",
+                "tool --password=[redacted] --name=bob",
+            ),
+            (
+                "git clone https://bob:tok@github.com/o/r",
+                "git clone https://bob:[redacted]@github.com/o/r",
+            ),
+            ("env TOKEN=xyz run", "env TOKEN=[redacted] run"),
+            ("gh auth ghp_0123456789abcdefghij", "gh auth [redacted]"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_secrets(input), expected, "{input}");
+        }
+        let plain = "curl -sS https://api.example.test/repos?x=1";
+        assert!(matches!(redact_secrets(plain), Cow::Borrowed(_)));
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     dns::{
         DnsResponder, HostsThenSystem, SyntheticAnswers,
         hosts::HostsTable,
-        synthetic::{PoolConfig, SyntheticPool},
+        synthetic::{PoolConfig, SandboxPools},
     },
     identity::ProcessTable,
     sandbox::cgroup,
@@ -60,8 +60,8 @@ pub struct Agent {
     pub processes: Mutex<ProcessTable>,
     process_ring: Mutex<RingBuf<MapData>>,
     pub sandboxes: RwLock<SandboxIndex>,
-    /// Synthetic DNS answers: name <-> address.
-    pub pool: Arc<SyntheticPool>,
+    /// Synthetic DNS answers, name <-> address, one pool per sandbox.
+    pub pools: Arc<SandboxPools>,
     /// Upstream resolution, after a policy allowed a connection.
     pub resolver: Arc<HostsThenSystem>,
     pub stats: Stats,
@@ -158,19 +158,15 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             log::warn!("hosts_file {}: {w}", path.display());
         }
     }
-    let pool = Arc::new(SyntheticPool::new(PoolConfig {
-        v4: config.dns_pool_v4,
-        v6: config.dns_pool_v6,
-        ttl: Duration::from_secs(u64::from(config.dns_ttl_seconds)),
-        ..PoolConfig::default()
-    })?);
-    let policy_local = pool.reserve(crate::POLICY_LOCAL_HOST)?;
-    log::info!(
-        "{} is {} and {}",
-        crate::POLICY_LOCAL_HOST,
-        policy_local.0,
-        policy_local.1
-    );
+    let pools = Arc::new(SandboxPools::new(
+        PoolConfig {
+            v4: config.dns_pool_v4,
+            v6: config.dns_pool_v6,
+            ttl: Duration::from_secs(u64::from(config.dns_ttl_seconds)),
+            ..PoolConfig::default()
+        },
+        &[crate::POLICY_LOCAL_HOST],
+    )?);
     let resolver = Arc::new(HostsThenSystem::with_etc_hosts(hosts)?);
     let index = SandboxIndex::open(&config, &cgroup_root)?;
     let agent = Arc::new(Agent {
@@ -180,7 +176,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         processes: Mutex::new(ProcessTable::new(65536)),
         process_ring: Mutex::new(process_ring),
         sandboxes: RwLock::new(index),
-        pool: pool.clone(),
+        pools: pools.clone(),
         resolver,
         stats: Stats::default(),
         audit: audit.clone(),
@@ -193,7 +189,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     sandboxes::restore(&agent)?;
 
     let responder = Arc::new(DnsResponder::new(
-        Arc::new(SyntheticAnswers(pool)),
+        Arc::new(SyntheticAnswers(pools)),
         Duration::from_secs(u64::from(config.dns_ttl_seconds)),
     ));
     for socket in udp_sockets {

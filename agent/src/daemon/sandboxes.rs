@@ -308,6 +308,7 @@ pub fn delete(agent: &Agent, name: &str) -> Result<u32> {
     }
     index.registry.remove(name)?;
     index.policies.remove(name)?;
+    agent.pools.forget(record.id);
     Ok(killed)
 }
 

@@ -53,6 +53,17 @@ pub enum ResolveError {
 pub trait Resolve: Send + Sync + 'static {
     fn resolve(&self, name: &str)
     -> impl Future<Output = Result<Vec<IpAddr>, ResolveError>> + Send;
+
+    /// Resolves on behalf of the client at `client`; answers that depend on
+    /// who asks (one synthetic pool per sandbox) override this.
+    fn resolve_for(
+        &self,
+        client: SocketAddr,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, ResolveError>> + Send {
+        let _ = client;
+        self.resolve(name)
+    }
 }
 
 /// Resolves from a configured hosts table, then the host's own resolver
@@ -202,18 +213,34 @@ fn dedup(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
 }
 
 /// Answers every name with its synthetic addresses, one per family,
-/// without asking anyone upstream.
-pub struct SyntheticAnswers(pub Arc<synthetic::SyntheticPool>);
+/// without asking anyone upstream; from the asking sandbox's own pool.
+pub struct SyntheticAnswers(pub Arc<synthetic::SandboxPools>);
 
 impl Resolve for SyntheticAnswers {
     async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
-        let now = Instant::now();
-        let v4 = self.0.assign(name, synthetic::Family::V4, now);
-        let v6 = self.0.assign(name, synthetic::Family::V6, now);
-        match (v4, v6) {
-            (Ok(v4), Ok(v6)) => Ok(vec![v4, v6]),
-            (Err(e), _) | (_, Err(e)) => Err(ResolveError::Failed(e.to_string())),
-        }
+        assign_both(&self.0.shared(), name)
+    }
+
+    async fn resolve_for(
+        &self,
+        client: SocketAddr,
+        name: &str,
+    ) -> Result<Vec<IpAddr>, ResolveError> {
+        let pool = self
+            .0
+            .for_client(client.ip())
+            .map_err(|e| ResolveError::Failed(e.to_string()))?;
+        assign_both(&pool, name)
+    }
+}
+
+fn assign_both(pool: &synthetic::SyntheticPool, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    let now = Instant::now();
+    let v4 = pool.assign(name, synthetic::Family::V4, now);
+    let v6 = pool.assign(name, synthetic::Family::V6, now);
+    match (v4, v6) {
+        (Ok(v4), Ok(v6)) => Ok(vec![v4, v6]),
+        (Err(e), _) | (_, Err(e)) => Err(ResolveError::Failed(e.to_string())),
     }
 }
 
@@ -263,7 +290,7 @@ impl<R: Resolve> DnsResponder<R> {
                     let socket = Arc::clone(&socket);
                     tokio::spawn(async move {
                         let _permit = permit;
-                        if let Some(reply) = this.handle_packet(&packet).await {
+                        if let Some(reply) = this.handle_packet(&packet, peer).await {
                             send_reply(&socket, &reply, peer).await;
                         }
                     });
@@ -279,9 +306,9 @@ impl<R: Resolve> DnsResponder<R> {
     }
 
     /// The reply to one datagram, or `None` to drop it.
-    pub async fn handle_packet(&self, packet: &[u8]) -> Option<Vec<u8>> {
+    pub async fn handle_packet(&self, packet: &[u8], client: SocketAddr) -> Option<Vec<u8>> {
         match wire::parse_query(packet) {
-            Ok(query) => Some(self.answer(&query).await),
+            Ok(query) => Some(self.answer(&query, client).await),
             Err(WireError::NotImplemented(opcode)) => {
                 debug!("dns: opcode {opcode} not implemented");
                 wire::build_bare_error(packet, Rcode::NotImp)
@@ -293,7 +320,7 @@ impl<R: Resolve> DnsResponder<R> {
         }
     }
 
-    async fn answer(&self, query: &Query) -> Vec<u8> {
+    async fn answer(&self, query: &Query, client: SocketAddr) -> Vec<u8> {
         if query.qclass != wire::CLASS_IN {
             debug!("dns: {} class {} refused", query.name, query.qclass);
             return wire::build_error(query, Rcode::Refused);
@@ -308,7 +335,7 @@ impl<R: Resolve> DnsResponder<R> {
             // HTTPS records pointing elsewhere) from steering clients.
             _ => return wire::build_answer(query, &[], ttl_secs(self.ttl)),
         }
-        match self.resolver.resolve(&query.name).await {
+        match self.resolver.resolve_for(client, &query.name).await {
             Ok(addrs) => {
                 let addrs = select_family(query.qtype, &addrs);
                 debug!("dns: {} type {} -> {addrs:?}", query.name, query.qtype);
@@ -374,6 +401,10 @@ mod tests {
     use super::wire::{CLASS_CH, CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_HTTPS, TYPE_MX};
     use super::*;
     use std::collections::HashMap;
+
+    fn test_client() -> SocketAddr {
+        "127.0.0.1:5353".parse().unwrap()
+    }
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Mutex;
 
@@ -454,7 +485,10 @@ mod tests {
         qtype: u16,
     ) -> (u16, u8, u16, Vec<Vec<u8>>) {
         let packet = query(0x4242, name, qtype, CLASS_IN);
-        let reply = responder.handle_packet(&packet).await.expect("a reply");
+        let reply = responder
+            .handle_packet(&packet, test_client())
+            .await
+            .expect("a reply");
         decode(&reply, packet.len() - 12)
     }
 
@@ -504,7 +538,7 @@ mod tests {
         let r = DnsResponder::new(Arc::clone(&resolver), DEFAULT_TTL);
         for qtype in [TYPE_MX, TYPE_HTTPS, wire::TYPE_TXT] {
             let packet = query(1, "api.example.test", qtype, CLASS_IN);
-            let reply = r.handle_packet(&packet).await.unwrap();
+            let reply = r.handle_packet(&packet, test_client()).await.unwrap();
             let (_, rcode, count, _) = decode(&reply, packet.len() - 12);
             assert_eq!((rcode, count), (0, 0), "qtype {qtype}");
         }
@@ -515,24 +549,27 @@ mod tests {
     async fn garbage_gets_formerr_or_nothing() {
         let r = responder(fake());
         let garbage = [0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0x41];
-        let reply = r.handle_packet(&garbage).await.unwrap();
+        let reply = r.handle_packet(&garbage, test_client()).await.unwrap();
         assert_eq!(&reply[..2], &[0xab, 0xcd]);
         assert_eq!(reply[3] & 0xf, Rcode::FormErr as u8);
-        assert_eq!(r.handle_packet(&[1, 2, 3]).await, None);
+        assert_eq!(r.handle_packet(&[1, 2, 3], test_client()).await, None);
     }
 
     #[tokio::test]
     async fn other_class_refused_and_other_opcode_notimp() {
         let r = responder(fake());
         let reply = r
-            .handle_packet(&query(1, "version.bind", wire::TYPE_TXT, CLASS_CH))
+            .handle_packet(
+                &query(1, "version.bind", wire::TYPE_TXT, CLASS_CH),
+                test_client(),
+            )
             .await
             .unwrap();
         assert_eq!(reply[3] & 0xf, Rcode::Refused as u8);
 
         let mut status = query(1, "a.test", TYPE_A, CLASS_IN);
         status[2] = 2 << 3;
-        let reply = r.handle_packet(&status).await.unwrap();
+        let reply = r.handle_packet(&status, test_client()).await.unwrap();
         assert_eq!(reply[3] & 0xf, Rcode::NotImp as u8);
     }
 

@@ -1097,3 +1097,122 @@ mod tests {
         assert_consistent(&pool);
     }
 }
+
+/// One synthetic pool per sandbox, made on first use, plus a shared pool
+/// for queries whose sandbox the kernel could not mark (a socket the
+/// workload bound itself, a pure IPv6 resolver). The same address may mean
+/// different names in different sandboxes: a connection is looked up in its
+/// own sandbox's pool first.
+pub struct SandboxPools {
+    config: PoolConfig,
+    shared: Arc<SyntheticPool>,
+    by_sandbox: Mutex<HashMap<u32, Arc<SyntheticPool>>>,
+    /// Names every pool reserves (`policy.local`).
+    reserved: Vec<String>,
+}
+
+impl SandboxPools {
+    pub fn new(config: PoolConfig, reserved: &[&str]) -> Result<Self, PoolError> {
+        let reserved: Vec<String> = reserved.iter().map(|n| n.to_string()).collect();
+        let shared = Arc::new(Self::make(&config, &reserved)?);
+        Ok(Self {
+            config,
+            shared,
+            by_sandbox: Mutex::new(HashMap::new()),
+            reserved,
+        })
+    }
+
+    fn make(config: &PoolConfig, reserved: &[String]) -> Result<SyntheticPool, PoolError> {
+        let pool = SyntheticPool::new(config.clone())?;
+        for name in reserved {
+            pool.reserve(name)?;
+        }
+        Ok(pool)
+    }
+
+    pub fn shared(&self) -> Arc<SyntheticPool> {
+        Arc::clone(&self.shared)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.shared.contains(ip)
+    }
+
+    /// The pool of sandbox `id`, created on first use.
+    pub fn for_sandbox(&self, id: u32) -> Result<Arc<SyntheticPool>, PoolError> {
+        let mut pools = self.by_sandbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(&id) {
+            return Ok(Arc::clone(pool));
+        }
+        let pool = Arc::new(Self::make(&self.config, &self.reserved)?);
+        pools.insert(id, Arc::clone(&pool));
+        Ok(pool)
+    }
+
+    /// The pool for a query from `client`: its sandbox's if the kernel
+    /// marked the source (127.64.0.0/10), else the shared one.
+    pub fn for_client(&self, client: IpAddr) -> Result<Arc<SyntheticPool>, PoolError> {
+        let v4 = match client {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        match v4.and_then(|v4| portcullis_common::sandbox_of_dns_source(v4.octets())) {
+            Some(id) => self.for_sandbox(id),
+            None => Ok(self.shared()),
+        }
+    }
+
+    /// The name behind `ip` for a connection from sandbox `id`: its own
+    /// pool first, then the shared one.
+    pub fn name_for(&self, id: u32, ip: IpAddr, now: Instant) -> Option<String> {
+        let own = self
+            .by_sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        own.and_then(|pool| pool.name_for(ip, now))
+            .or_else(|| self.shared.name_for(ip, now))
+    }
+
+    pub fn forget(&self, id: u32) {
+        self.by_sandbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod sandbox_pool_tests {
+    use super::*;
+
+    #[test]
+    fn sandboxes_have_their_own_names_and_fall_back_to_the_shared_pool() {
+        let pools = SandboxPools::new(PoolConfig::default(), &["policy.local"]).unwrap();
+        let now = Instant::now();
+        let a = pools.for_client("127.64.0.1".parse().unwrap()).unwrap();
+        let b = pools.for_client("127.64.0.2".parse().unwrap()).unwrap();
+        let ip_a = a.assign("a.example", Family::V4, now).unwrap();
+        assert_eq!(pools.name_for(1, ip_a, now).as_deref(), Some("a.example"));
+        // Sandbox 2 never asked for it.
+        assert_ne!(pools.name_for(2, ip_a, now).as_deref(), Some("a.example"));
+        let _ = b;
+        // Unmarked queries land in the shared pool, visible to everyone.
+        let shared = pools.for_client("127.0.0.1".parse().unwrap()).unwrap();
+        let ip_s = shared.assign("s.example", Family::V4, now).unwrap();
+        assert_eq!(pools.name_for(2, ip_s, now).as_deref(), Some("s.example"));
+        // policy.local is reserved in every pool, at the same address.
+        let (l1, _) = a.reserve("policy.local").unwrap();
+        let (l2, _) = b.reserve("policy.local").unwrap();
+        assert_eq!(
+            a.name_for(IpAddr::V4(l1), now).as_deref(),
+            Some("policy.local")
+        );
+        assert_eq!(
+            b.name_for(IpAddr::V4(l2), now).as_deref(),
+            Some("policy.local")
+        );
+    }
+}

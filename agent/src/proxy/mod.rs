@@ -142,7 +142,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     };
     if conn.stale_synthetic {
         let reason = format!(
-            "{} is a DNS answer that expired; resolve the name again",
+            "{} is not a DNS answer this sandbox holds (expired, or resolved elsewhere); resolve the name again",
             conn.dst.ip()
         );
         return deny(
@@ -421,9 +421,10 @@ fn looks_like_tls_or_http(prefix: &[u8]) -> bool {
 fn attribute(agent: &Agent, record: ConnectRecord) -> Attributed {
     let (view, identity) = agent.attribute(&record);
     let ip = addr_from_abi(&record.dst_addr);
-    let synthetic = agent.pool.contains(ip);
+    let synthetic = agent.pools.contains(ip);
+    let sandbox_id = view.as_ref().map_or(0, |v| v.record.id);
     let name = synthetic
-        .then(|| agent.pool.name_for(ip, Instant::now()))
+        .then(|| agent.pools.name_for(sandbox_id, ip, Instant::now()))
         .flatten();
     let policy_rx = view.as_ref().map(|v: &SandboxView| v.policy.subscribe());
     Attributed {
