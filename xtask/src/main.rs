@@ -122,10 +122,60 @@ fn test() -> Result<()> {
     // End-to-end tests share the kernel's cgroups and bpffs; each test uses
     // its own names, so they may run in parallel, but two threads keep a
     // two-core machine responsive.
-    let status = cargo()
-        .args(["test", "--release", "--", "--test-threads=2"])
+    let mut child = cargo()
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--",
+            "--test-threads=2",
+        ])
         .env("PORTCULLIS_BPF_OBJECT", ebpf::object_path())
         .env("PORTCULLIS_BIN", &agent)
-        .status()?;
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    // Pass the output through and total the per-binary results, so the run
+    // ends with one line that counts every test.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("test output")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = test_counts(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed");
     exit_with(status)
+}
+
+/// `test result: ok. 12 passed; 1 failed; ...` -> (12, 1).
+fn test_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<u64> {
+        rest.split(';').find_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            match words.as_slice() {
+                [.., n, w] if *w == word => n.parse().ok(),
+                _ => None,
+            }
+        })
+    };
+    Some((number_before("passed")?, number_before("failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_counts;
+
+    #[test]
+    fn totals_come_from_cargo_test_result_lines() {
+        let line = "test result: ok. 259 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.28s";
+        assert_eq!(test_counts(line), Some((259, 0)));
+        let line = "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(test_counts(line), Some((3, 1)));
+        assert_eq!(test_counts("running 3 tests"), None);
+    }
 }
