@@ -40,7 +40,10 @@ fn read_policy(path: &Option<PathBuf>) -> Result<(String, String)> {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("--policy {}: cannot read", p.display()))?;
             // Validate here too, so the error comes before any round trip.
-            crate::policy::Policy::parse(&p.display().to_string(), &text)?;
+            let policy = crate::policy::Policy::parse(&p.display().to_string(), &text)?;
+            for w in policy.warnings() {
+                eprintln!("warning: {}: {w}", p.display());
+            }
             Ok((text, p.display().to_string()))
         }
     }
