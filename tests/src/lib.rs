@@ -349,6 +349,13 @@ impl Upstream {
         }
     }
 
+    /// An upstream with an HTTP server on port 8080, as most tests want.
+    pub fn http(index: u16) -> Upstream {
+        let mut up = Self::create(index);
+        up.serve_http(8080);
+        up
+    }
+
     /// Starts an HTTP server on `port` (all addresses) in the namespace. It
     /// answers every GET with JSON naming the path and the client address.
     pub fn serve_http(&mut self, port: u16) {
@@ -416,4 +423,32 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Bound for waiting on asynchronous effects (audit lines, log lines).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Reading OCSF events.
+pub mod ocsf {
+    use serde_json::Value;
+
+    /// The executable an event attributes the connection to.
+    pub fn binary(e: &Value) -> &str {
+        e["actor"]["process"]["file"]["path"]
+            .as_str()
+            .unwrap_or_default()
+    }
+
+    /// A Network Activity event with this action (1 allowed, 2 denied).
+    pub fn is_net(e: &Value, action: u64) -> bool {
+        e["class_uid"] == 4001 && e["action_id"] == action
+    }
+
+    pub fn is_allowed(e: &Value) -> bool {
+        is_net(e, 1)
+    }
+
+    pub fn is_denied(e: &Value) -> bool {
+        is_net(e, 2)
+    }
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use portcullis_e2e::{Agent, Upstream, privileged, stderr, stdout};
+use portcullis_e2e::{
+    Agent, Upstream, WAIT,
+    ocsf::{binary, is_allowed, is_denied},
+    privileged, stderr, stdout,
+};
 use serde_json::Value;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn policy(hosts_ports: &[(&str, u16)], binaries: &[&str]) -> String {
     let endpoints: String = hosts_ports
@@ -22,22 +24,8 @@ fn policy(hosts_ports: &[(&str, u16)], binaries: &[&str]) -> String {
     )
 }
 
-fn binary(e: &Value) -> &str {
-    e["actor"]["process"]["file"]["path"]
-        .as_str()
-        .unwrap_or_default()
-}
-
 fn dst_port(e: &Value) -> u64 {
     e["dst_endpoint"]["port"].as_u64().unwrap_or(0)
-}
-
-fn is_allowed(e: &Value) -> bool {
-    e["class_uid"] == 4001 && e["action_id"] == 1
-}
-
-fn is_denied(e: &Value) -> bool {
-    e["class_uid"] == 4001 && e["action_id"] == 2
 }
 
 const PY_GET: &str = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())";
@@ -47,8 +35,7 @@ fn curl_and_python_are_captured_attributed_and_relayed() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(1);
-    up.serve_http(8080);
+    let up = Upstream::http(1);
     let agent = Agent::start("capture", 1, &[]);
     let p = agent.write_policy(
         "p.yaml",
@@ -89,8 +76,7 @@ fn two_binaries_get_different_verdicts_for_one_destination() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(2);
-    up.serve_http(8080);
+    let up = Upstream::http(2);
     let agent = Agent::start("verdicts", 2, &[]);
     let p = agent.write_policy("p.yaml", &policy(&[(&up.ip4, 8080)], &["/usr/bin/curl"]));
     agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
@@ -163,8 +149,7 @@ fn dns_is_answered_by_the_responder_and_names_reach_the_policy() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(4);
-    up.serve_http(8080);
+    let up = Upstream::http(4);
     let agent = Agent::start("dns", 4, &[("api.example.test", &up.ip4)]);
     // The policy names the host, not the address: only the DNS answer the
     // responder gave links the two.
@@ -206,8 +191,7 @@ fn ipv4_ipv6_and_v4_mapped_connects_are_captured_and_show_their_peer() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(5);
-    up.serve_http(8080);
+    let up = Upstream::http(5);
     let agent = Agent::start("ipv6", 5, &[]);
     let mapped = format!("::ffff:{}", up.ip4);
     let p = agent.write_policy(
@@ -248,8 +232,7 @@ fn agent_sockets_and_its_listener_are_never_looped() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(6);
-    up.serve_http(8080);
+    let up = Upstream::http(6);
     let agent = Agent::start("loop", 6, &[]);
     agent.ok(&["sandbox", "create", "demo"]);
     let cgroup = agent.cgroup_dir("demo");
@@ -321,8 +304,7 @@ fn a_dead_agent_fails_closed_and_a_restarted_one_adopts_its_state() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(7);
-    up.serve_http(8080);
+    let up = Upstream::http(7);
     let mut agent = Agent::start("restart", 7, &[]);
     let p = agent.write_policy("p.yaml", &policy(&[(&up.ip4, 8080)], &["/usr/bin/curl"]));
     agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
@@ -463,8 +445,7 @@ fn short_lived_processes_and_ancestors_are_attributed() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(10);
-    up.serve_http(8080);
+    let up = Upstream::http(10);
     let agent = Agent::start("identity", 10, &[]);
     // Only python may connect, so curl gets through only as python's child.
     let p = agent.write_policy(
@@ -512,8 +493,7 @@ fn an_adopted_cgroup_is_captured_and_may_not_use_the_control_plane() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(11);
-    up.serve_http(8080);
+    let up = Upstream::http(11);
     let agent = Agent::start("adopt", 11, &[]);
     // Stands in for a container runtime's cgroup.
     let container = portcullis_e2e::cgroup2_root().join("pc-e2e-adopt-container");

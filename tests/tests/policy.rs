@@ -6,23 +6,14 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    time::Duration,
 };
 
-use portcullis_e2e::{Agent, Upstream, privileged, stderr, stdout};
+use portcullis_e2e::{
+    Agent, Upstream, WAIT,
+    ocsf::{binary, is_net},
+    privileged, stderr, stdout,
+};
 use serde_json::Value;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn binary(e: &Value) -> &str {
-    e["actor"]["process"]["file"]["path"]
-        .as_str()
-        .unwrap_or_default()
-}
-
-fn is_net(e: &Value, action: u64) -> bool {
-    e["class_uid"] == 4001 && e["action_id"] == action
-}
 
 fn curl(agent: &Agent, sandbox: &str, url: &str) -> std::process::Output {
     agent.run_in(sandbox, &["curl", "-sS", "--max-time", "10", url])
@@ -40,8 +31,7 @@ fn binaries_ports_and_wildcard_hosts_are_decided_with_synthetic_dns() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(12);
-    up.serve_http(8080);
+    let mut up = Upstream::http(12);
     up.serve_http(8081);
     let hosts = [
         ("api.example.test", up.ip4.as_str()),
@@ -186,8 +176,7 @@ fn ssrf_is_blocked_whatever_the_policy_names() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(13);
-    up.serve_http(8080);
+    let up = Upstream::http(13);
     let hosts = [
         ("loop.test", "127.0.0.1"),
         ("internal.wild.test", up.ip4.as_str()),
@@ -256,8 +245,7 @@ fn denied_names_never_reach_upstream_dns_and_spoofed_names_are_denied() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(14);
-    up.serve_http(8080);
+    let up = Upstream::http(14);
     let hosts = [
         ("api.example.test", up.ip4.as_str()),
         ("other.example.test", &up.ip4),
@@ -344,8 +332,7 @@ fn policies_reload_without_restart_and_invalid_ones_are_rejected() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(15);
-    up.serve_http(8080);
+    let mut up = Upstream::http(15);
     up.spawn(&[env!("CARGO_BIN_EXE_datapath-bench"), "serve", "9000"]);
     let hosts = [
         ("api.example.test", up.ip4.as_str()),
@@ -505,8 +492,7 @@ fn each_sandbox_has_its_own_synthetic_names() {
     if !privileged() {
         return;
     }
-    let mut up = Upstream::create(16);
-    up.serve_http(8080);
+    let up = Upstream::http(16);
     let agent = Agent::start("policy-pools", 16, &[("api.example.test", up.ip4.as_str())]);
     let p = agent.write_policy(
         "p.yaml",

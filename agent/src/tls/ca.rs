@@ -117,6 +117,20 @@ impl CertificateAuthority {
         &self.cert_der
     }
 
+    /// Signs a leaf certificate for `leaf_key` with the CA key. `params`
+    /// gets a fresh random serial here (an issuer must never repeat one);
+    /// names, usages and validity are the caller's (`tls::leaf`).
+    pub fn mint_leaf(
+        &self,
+        mut params: CertificateParams,
+        leaf_key: &impl rcgen::PublicKeyData,
+    ) -> anyhow::Result<rcgen::Certificate> {
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        params
+            .signed_by(leaf_key, &self.issuer)
+            .context("signing a leaf certificate with the CA key")
+    }
+
     fn load(cert_path: &Path, key_path: &Path) -> anyhow::Result<Self> {
         let key = read_key(key_path)?;
         let cert_pem = fs::read_to_string(cert_path)
