@@ -54,7 +54,7 @@ const PEM_CERT_END: &str = "-----END CERTIFICATE-----";
 pub struct CertificateAuthority {
     cert_pem: String,
     cert_der: Vec<u8>,
-    /// Signs leaves (`mint_leaf`, to come) with `params.signed_by(.., &issuer)`.
+    /// Signs leaves in `mint_leaf` with `params.signed_by(.., &issuer)`.
     issuer: Issuer<'static, KeyPair>,
 }
 

@@ -3,6 +3,8 @@
 //! sandboxed processes use to trust it.
 
 pub mod ca;
+pub mod leaf;
+pub mod upstream;
 
 pub use ca::{
     CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, SYSTEM_ROOT_CANDIDATES, write_trust_bundle,
