@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub dns_pool_v6: ipnet::Ipv6Net,
     /// How allowed TCP is relayed: `splice` (zero-copy) or `copy`.
     pub relay: crate::proxy::relay::RelayMode,
+    /// PEM files of extra roots trusted for upstream TLS, beside the
+    /// system roots. Verification is never off.
+    pub upstream_extra_roots: Vec<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -69,6 +72,7 @@ impl Default for AgentConfig {
             dns_pool_v4: crate::dns::synthetic::PoolConfig::default().v4,
             dns_pool_v6: crate::dns::synthetic::PoolConfig::default().v6,
             relay: Default::default(),
+            upstream_extra_roots: Vec::new(),
         }
     }
 }
@@ -92,7 +96,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots)",
                 path.display()
             )
         })?;

@@ -44,7 +44,7 @@ fn curl_and_python_are_captured_attributed_and_relayed() {
     agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
 
     let url = format!("http://{}:8080/hello", up.ip4);
-    let out = agent.run_in("demo", &["curl", "-sS", "--max-time", "10", &url]);
+    let out = agent.run_in("demo", &["curl", "-fsS", "--max-time", "10", &url]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
     assert!(
         stdout(&out).contains("\"path\": \"/hello\""),
@@ -82,7 +82,7 @@ fn two_binaries_get_different_verdicts_for_one_destination() {
     agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
     let url = format!("http://{}:8080/x", up.ip4);
 
-    let curl = agent.run_in("demo", &["curl", "-sS", "--max-time", "10", &url]);
+    let curl = agent.run_in("demo", &["curl", "-fsS", "--max-time", "10", &url]);
     assert!(curl.status.success(), "curl: {}", stderr(&curl));
     let python = agent.run_in("demo", &["/usr/bin/python3", "-c", PY_GET, &url]);
     assert!(
@@ -170,7 +170,7 @@ fn dns_is_answered_by_the_responder_and_names_reach_the_policy() {
         "demo",
         &[
             "curl",
-            "-sS",
+            "-fsS",
             "--max-time",
             "10",
             "http://api.example.test:8080/named",
@@ -309,7 +309,7 @@ fn a_dead_agent_fails_closed_and_a_restarted_one_adopts_its_state() {
     let p = agent.write_policy("p.yaml", &policy(&[(&up.ip4, 8080)], &["/usr/bin/curl"]));
     agent.ok(&["sandbox", "create", "demo", "--policy", p.to_str().unwrap()]);
     let url = format!("http://{}:8080/alive", up.ip4);
-    let curl = ["curl", "-sS", "--max-time", "10", url.as_str()];
+    let curl = ["curl", "-fsS", "--max-time", "10", url.as_str()];
     assert!(agent.run_in("demo", &curl).status.success());
 
     agent.kill();
@@ -520,7 +520,7 @@ fn an_adopted_cgroup_is_captured_and_may_not_use_the_control_plane() {
     };
     // No policy: the sandbox denies all egress.
     let out = in_container(&format!(
-        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS --max-time 10 http://{}:8080/",
+        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -fsS --max-time 10 http://{}:8080/",
         up.ip4
     ));
     assert!(
@@ -553,7 +553,7 @@ fn an_adopted_cgroup_is_captured_and_may_not_use_the_control_plane() {
     agent.ok(&["sandbox", "delete", "ctr"]);
     assert!(container.exists());
     let out = in_container(&format!(
-        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -sS --max-time 10 http://{}:8080/",
+        "setpriv --reuid=65534 --regid=65534 --clear-groups curl -fsS --max-time 10 http://{}:8080/",
         up.ip4
     ));
     assert!(out.status.success(), "detached: {}", stderr(&out));

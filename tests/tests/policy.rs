@@ -16,7 +16,7 @@ use portcullis_e2e::{
 use serde_json::Value;
 
 fn curl(agent: &Agent, sandbox: &str, url: &str) -> std::process::Output {
-    agent.run_in(sandbox, &["curl", "-sS", "--max-time", "10", url])
+    agent.run_in(sandbox, &["curl", "-fsS", "--max-time", "10", url])
 }
 
 const PY_GET: &str = "import sys, urllib.request\n\
@@ -291,7 +291,7 @@ network_policies:
         "demo",
         &[
             "curl",
-            "-sS",
+            "-fsS",
             "--max-time",
             "10",
             "-H",

@@ -69,6 +69,11 @@ pub struct Agent {
     pub started: Instant,
     pub proxy_addrs: Vec<SocketAddr>,
     pub dns_addrs: Vec<SocketAddr>,
+    /// Leaf certificates for TLS termination; None if the CA is unusable,
+    /// in which case TLS to inspected endpoints is refused.
+    pub leaves: Option<Arc<crate::tls::leaf::LeafCache>>,
+    /// Upstream TLS client configs by the ALPN list they offer.
+    upstream_tls: std::collections::HashMap<Vec<Vec<u8>>, Arc<rustls::ClientConfig>>,
 }
 
 /// Preconditions every privileged command shares, with errors that say
@@ -95,7 +100,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 
     // The CA and trust bundle exist before any sandbox runs, so a workload's
     // environment never changes under it.
-    let ca = CertificateAuthority::load_or_create(&config.ca_dir())?;
+    let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_dir())?);
     crate::tls::write_trust_bundle(
         ca.cert_pem(),
         &crate::tls::SYSTEM_ROOT_CANDIDATES
@@ -104,6 +109,30 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             .collect::<Vec<_>>(),
         &config.trust_bundle(),
     )?;
+
+    let leaves = match crate::tls::leaf::LeafCache::new(ca.clone()) {
+        Ok(leaves) => Some(Arc::new(leaves)),
+        Err(e) => {
+            log::error!("TLS termination unavailable: {e}");
+            None
+        }
+    };
+    let roots = crate::tls::upstream::TrustRoots::load(&config.upstream_extra_roots)
+        .context("loading upstream TLS roots (upstream_extra_roots)")?;
+    log::info!("upstream TLS trusts {roots}");
+    let mut upstream_tls = std::collections::HashMap::new();
+    for alpn in [
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        vec![b"http/1.1".to_vec()],
+        vec![b"h2".to_vec()],
+        vec![],
+    ] {
+        let refs: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+        upstream_tls.insert(
+            alpn.clone(),
+            crate::tls::upstream::client_config_with_roots(&roots, &refs)?,
+        );
+    }
 
     datapath::tracefs::ensure_mounted()?;
     let fork_offset = datapath::tracefs::fork_child_pid_offset().unwrap_or_else(|e| {
@@ -165,7 +194,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             ttl: Duration::from_secs(u64::from(config.dns_ttl_seconds)),
             ..PoolConfig::default()
         },
-        &[crate::POLICY_LOCAL_HOST],
+        &[crate::deny::routes::HOST],
     )?);
     let resolver = Arc::new(HostsThenSystem::with_etc_hosts(hosts)?);
     let index = SandboxIndex::open(&config, &cgroup_root)?;
@@ -183,6 +212,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         started: Instant::now(),
         proxy_addrs: proxy_addrs.clone(),
         dns_addrs: dns_addrs.clone(),
+        leaves,
+        upstream_tls,
     });
     // Re-attach sandboxes of a previous run: pinned links are kept as they
     // are; anything missing (a fresh bpffs after reboot) is attached again.
@@ -310,6 +341,16 @@ impl Agent {
                 &crate::identity::procfs::ProcFs::default(),
             );
         (sandbox, identity)
+    }
+
+    /// The upstream TLS client config offering `alpn`.
+    pub fn upstream_tls(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let key: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        self.upstream_tls
+            .get(&key)
+            .or_else(|| self.upstream_tls.get(&Vec::new()))
+            .cloned()
+            .expect("a config without ALPN is always built")
     }
 
     pub fn process_ring_fd(&self) -> std::os::fd::RawFd {

@@ -13,6 +13,8 @@
 //!
 //! Every decision is audited.
 
+pub mod http;
+pub mod l7;
 pub mod relay;
 pub mod sniff;
 pub mod upstream;
@@ -153,7 +155,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         );
     }
 
-    if conn.name.as_deref() == Some(crate::POLICY_LOCAL_HOST) {
+    if conn.name.as_deref() == Some(crate::deny::routes::HOST) {
         return serve_policy_local(stream).await;
     }
 
@@ -199,13 +201,26 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         port: conn.dst.port(),
         binaries: identity.binary_paths().map(|p| p.to_path_buf()).collect(),
     };
+    // TLS or HTTP can be answered in-band when refused (contract §2.2).
+    let web = l7::speaks_http(&prefix);
+    let host = conn
+        .name
+        .clone()
+        .unwrap_or_else(|| conn.dst.ip().to_string());
+    let binary = question.binaries.first().map(|p| p.display().to_string());
     let allow = match question.ask(&conn.snapshot) {
         L4Decision::Deny { reason } => {
-            return deny(
+            let responder =
+                l7::l4_responder(None, reason.clone(), host.clone(), conn.dst.port(), binary);
+            return refuse_with(
                 &agent,
                 stream,
+                prefix,
+                web,
+                host,
                 with_reason(facts, reason),
                 DenyCause::Policy,
+                responder,
             );
         }
         L4Decision::Allow(allow) => allow,
@@ -245,14 +260,82 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
                 ssrf::SsrfDenial::NotInAllowedIps { .. } => SsrfKind::AllowedIpsCheckFailed,
                 _ => SsrfKind::InternalAddress,
             };
-            return deny(
+            let detail = format!(
+                "CONNECT {host}:{} blocked: {}",
+                conn.dst.port(),
+                kind.as_str()
+            );
+            let responder = l7::error_responder(crate::deny::ErrorKind::SsrfDenied, detail);
+            let facts = with_reason(facts, denial.to_string());
+            return refuse_with(
                 &agent,
                 stream,
-                with_reason(facts, denial.to_string()),
+                prefix,
+                web,
+                host,
+                facts,
                 DenyCause::Ssrf(kind),
+                responder,
             );
         }
     };
+
+    // An endpoint with L7 rules is inspected: TLS terminated, each request
+    // decided. `tls: skip` and plain L4 endpoints are relayed as bytes.
+    let matches = {
+        let binaries: Vec<&std::path::Path> =
+            question.binaries.iter().map(PathBuf::as_path).collect();
+        conn.snapshot.policy.matching_endpoints(&L4Request {
+            hostnames: &question.hostnames,
+            ip: question.ip,
+            port: question.port,
+            binaries: &binaries,
+        })
+    };
+    let inspect = matches.iter().any(|m| m.endpoint.l7.is_some())
+        && !matches.iter().any(|m| m.endpoint.summary.tls_skip);
+    drop(matches);
+    if inspect {
+        let Some(tls) = web else {
+            let reason =
+                "an endpoint with HTTP rules received a protocol that is not TLS or HTTP/1"
+                    .to_string();
+            return deny(
+                &agent,
+                stream,
+                with_reason(facts, reason),
+                DenyCause::Policy,
+            );
+        };
+        let facts = ConnectionFacts {
+            dst_ip: permitted.first().copied(),
+            ..facts
+        };
+        agent
+            .audit
+            .log(NetworkActivity::allowed(&facts, Inspection::L7).into());
+        let session = l7::Session {
+            agent: agent.clone(),
+            facts,
+            host,
+            ip: question.ip,
+            port: question.port,
+            binaries: question.binaries,
+            policy: conn.policy_rx,
+            snapshot: conn.snapshot.clone(),
+            tls,
+        };
+        agent
+            .stats
+            .connections_active
+            .fetch_add(1, Ordering::Relaxed);
+        l7::serve(session, stream, prefix, permitted).await;
+        agent
+            .stats
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
 
     let facts = ConnectionFacts {
         dst_ip: permitted.first().copied(),
@@ -495,8 +578,38 @@ fn with_reason(facts: ConnectionFacts, reason: String) -> ConnectionFacts {
     }
 }
 
-fn deny(agent: &Agent, stream: TcpStream, facts: ConnectionFacts, cause: DenyCause) {
+/// Denies and, for TLS or HTTP clients, answers with a body the agent can
+/// act on; other protocols are reset.
+#[allow(clippy::too_many_arguments)]
+fn refuse_with(
+    agent: &Arc<Agent>,
+    stream: TcpStream,
+    prefix: Vec<u8>,
+    web: Option<bool>,
+    host: String,
+    facts: ConnectionFacts,
+    cause: DenyCause,
+    responder: l7::Responder,
+) {
+    let Some(tls) = web else {
+        return deny(agent, stream, facts, cause);
+    };
     Stats::bump(&agent.stats.connections_denied);
+    log_denial(&facts);
+    agent
+        .audit
+        .log(NetworkActivity::denied(&facts, cause).into());
+    tokio::spawn(l7::answer_refusal(
+        agent.clone(),
+        stream,
+        prefix,
+        tls,
+        host,
+        responder,
+    ));
+}
+
+fn log_denial(facts: &ConnectionFacts) {
     log::info!(
         "sandbox {}: denied {} -> {}:{}: {}",
         facts.sandbox,
@@ -513,6 +626,11 @@ fn deny(agent: &Agent, stream: TcpStream, facts: ConnectionFacts, cause: DenyCau
         facts.dst_port,
         facts.reason.as_deref().unwrap_or("")
     );
+}
+
+fn deny(agent: &Agent, stream: TcpStream, facts: ConnectionFacts, cause: DenyCause) {
+    Stats::bump(&agent.stats.connections_denied);
+    log_denial(&facts);
     agent
         .audit
         .log(NetworkActivity::denied(&facts, cause).into());

@@ -1,0 +1,646 @@
+//! HTTP after an L4 decision: TLS terminated with the local CA, every
+//! request decided on its own, denials answered with the agent-readable
+//! bodies of `crate::deny`.
+//!
+//! The client leg and the upstream leg speak the same protocol: the ALPN
+//! the upstream accepts (from what the client offered) is the only one the
+//! client is offered, so HTTP/2 (gRPC included) stays HTTP/2 end to end
+//! and trailers pass through.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::IpAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{Mutex, watch},
+};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+
+use crate::{
+    audit::{ConnectionFacts, HttpActivity, HttpRequestFacts},
+    daemon::{Agent, policies::Snapshot},
+    deny::{DenyResponse, ErrorKind, L4Denial, L7Denial},
+    policy::L4Request,
+    proxy::{
+        http::{
+            canonical::canonicalize,
+            decide::{self, L7Outcome},
+        },
+        sniff,
+    },
+};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+const H2: &[u8] = b"h2";
+const H1: &[u8] = b"http/1.1";
+/// Request heads larger than this are answered 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Everything a request decision needs, shared by the requests of one
+/// connection.
+pub struct Session {
+    pub agent: Arc<Agent>,
+    /// Facts of the connection, for events.
+    pub facts: ConnectionFacts,
+    /// The name the workload resolved (or the IP it dialled).
+    pub host: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub binaries: Vec<PathBuf>,
+    /// The snapshot in force, followed across reloads.
+    pub policy: Option<watch::Receiver<Arc<Snapshot>>>,
+    pub snapshot: Arc<Snapshot>,
+    pub tls: bool,
+}
+
+/// A client stream with the bytes already read put back in front.
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.offset);
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How requests reach the upstream.
+enum Upstream {
+    /// HTTP/1.1 sends one request at a time.
+    H1(Mutex<hyper::client::conn::http1::SendRequest<Incoming>>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+/// Whether the first bytes are something this layer can serve.
+pub fn speaks_http(prefix: &[u8]) -> Option<bool> {
+    match sniff::sniff_final(prefix) {
+        sniff::Sniffed::Tls { .. } => Some(true),
+        sniff::Sniffed::Http { .. } => Some(false),
+        _ => None,
+    }
+}
+
+/// Serves an inspected connection: terminates TLS (when `session.tls`),
+/// dials one of `addrs`, and decides every request.
+pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: Vec<IpAddr>) {
+    let session = Arc::new(session);
+    let client = Rewind::new(prefix, client);
+    if !session.tls {
+        let Some(tcp) = dial(&session, &addrs).await else {
+            return;
+        };
+        let Some(upstream) = handshake_upstream(TokioIo::new(tcp), false).await else {
+            return;
+        };
+        serve_client(session, TokioIo::new(client), false, Arc::new(upstream)).await;
+        return;
+    }
+    let Some(leaves) = session.agent.leaves.clone() else {
+        // No CA, no inspection; never an uninspected tunnel instead.
+        log::warn!(
+            "sandbox {}: TLS to {} refused: the local CA is unavailable",
+            session.facts.sandbox,
+            session.host
+        );
+        return;
+    };
+    // Minted before any upstream dial: a CA failure costs the upstream nothing.
+    if let Err(e) = leaves.certified_key(&session.host) {
+        log::warn!(
+            "sandbox {}: no certificate for {}: {e}",
+            session.facts.sandbox,
+            session.host
+        );
+        return;
+    }
+    let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await {
+        Ok(start) => start,
+        Err(e) => return log::debug!("client hello from {}: {e}", session.facts.sandbox),
+    };
+    let offered: Vec<Vec<u8>> = start
+        .client_hello()
+        .alpn()
+        .map(|protocols| {
+            protocols
+                .filter(|p| *p == H2 || *p == H1)
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(tcp) = dial(&session, &addrs).await else {
+        return;
+    };
+    let offered_refs: Vec<&[u8]> = offered.iter().map(Vec::as_slice).collect();
+    let connector = TlsConnector::from(session.agent.upstream_tls(&offered_refs));
+    let server_name = match rustls::pki_types::ServerName::try_from(session.host.clone()) {
+        Ok(name) => name,
+        Err(_) => return log::info!("{}: not a name TLS can verify", session.host),
+    };
+    let upstream_tls = match connector.connect(server_name, tcp).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            // Verification is never off: a bad upstream certificate ends here.
+            log::info!(
+                "sandbox {}: upstream TLS to {} failed: {e}",
+                session.facts.sandbox,
+                session.host
+            );
+            return;
+        }
+    };
+    let negotiated = upstream_tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let h2 = negotiated.as_deref() == Some(H2);
+    let alpn: Vec<&[u8]> = match &negotiated {
+        Some(p) => vec![p.as_slice()],
+        // An upstream without ALPN speaks HTTP/1.1.
+        None if offered.iter().any(|p| p == H1) => vec![H1],
+        None => vec![],
+    };
+    let config = match leaves.server_config_for(&session.host, &alpn) {
+        Ok(config) => config,
+        Err(e) => return log::warn!("{}: TLS server config: {e}", session.host),
+    };
+    let client_tls = match start.into_stream(config).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            return log::debug!(
+                "sandbox {}: client TLS handshake: {e}",
+                session.facts.sandbox
+            );
+        }
+    };
+    let Some(upstream) = handshake_upstream(TokioIo::new(upstream_tls), h2).await else {
+        return;
+    };
+    serve_client(session, TokioIo::new(client_tls), h2, Arc::new(upstream)).await;
+}
+
+async fn dial(session: &Session, addrs: &[IpAddr]) -> Option<TcpStream> {
+    let stream = super::dial_first(addrs, session.port, session.agent.config.self_mark).await;
+    if stream.is_none() {
+        log::info!(
+            "sandbox {}: no address of {} answered",
+            session.facts.sandbox,
+            session.host
+        );
+    }
+    stream
+}
+
+async fn handshake_upstream<I>(io: I, h2: bool) -> Option<Upstream>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(Upstream::H2(sender))
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Some(Upstream::H1(Mutex::new(sender)))
+    }
+}
+
+async fn serve_client<I>(session: Arc<Session>, io: I, h2: bool, upstream: Arc<Upstream>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let session = session.clone();
+        let upstream = upstream.clone();
+        async move { Ok::<_, Infallible>(session.handle(req, &upstream).await) }
+    });
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
+        log::debug!("L7 connection ended: {e}");
+    }
+}
+
+/// Builds the answer to every request of a refused connection from its
+/// method and path.
+pub type Responder = Arc<dyn Fn(&str, &str) -> DenyResponse + Send + Sync>;
+
+/// Answers an HTTP or TLS connection refused before any dial with an
+/// agent-readable body (contract §2.2): TLS is terminated with a leaf for
+/// `host`, each request read and answered. Nothing is dialled.
+pub async fn answer_refusal(
+    agent: Arc<Agent>,
+    client: TcpStream,
+    prefix: Vec<u8>,
+    tls: bool,
+    host: String,
+    responder: Responder,
+) {
+    let client = Rewind::new(prefix, client);
+    let deny = move |req: Request<Incoming>| {
+        let responder = responder.clone();
+        async move { Ok::<_, Infallible>(respond(responder(req.method().as_str(), req.uri().path()))) }
+    };
+    if !tls {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(client), service_fn(deny))
+            .await;
+        return;
+    }
+    let Some(leaves) = agent.leaves.clone() else {
+        return;
+    };
+    let Ok(start) = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await
+    else {
+        return;
+    };
+    let wants_h2 = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut p| p.any(|p| p == H2));
+    let alpn: Vec<&[u8]> = if wants_h2 { vec![H2, H1] } else { vec![H1] };
+    let Ok(config) = leaves.server_config_for(&host, &alpn) else {
+        return;
+    };
+    let Ok(tls) = start.into_stream(config).await else {
+        return;
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
+    let io = TokioIo::new(tls);
+    let _ = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service_fn(deny))
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service_fn(deny))
+            .await
+    };
+}
+
+/// The L4 body for a request on a refused connection.
+pub fn l4_responder(
+    policy: Option<String>,
+    detail: String,
+    host: String,
+    port: u16,
+    binary: Option<String>,
+) -> Responder {
+    Arc::new(move |method: &str, path: &str| {
+        let path = canonicalize(path, false)
+            .map(|t| t.path)
+            .unwrap_or_else(|_| "/".to_string());
+        DenyResponse::l4(&L4Denial {
+            policy: policy.as_deref(),
+            detail: &detail,
+            method: Some(method),
+            path: Some(&path),
+            host: &host,
+            port,
+            binary: binary.as_deref(),
+        })
+    })
+}
+
+/// A fixed error body (SSRF, unsupported protocol, ...) for every request.
+pub fn error_responder(kind: ErrorKind, detail: String) -> Responder {
+    Arc::new(move |_: &str, _: &str| DenyResponse::error(kind, &detail))
+}
+
+/// A `DenyResponse` as a hyper response. HTTP/1.1 connections close after
+/// it (`Connection: close`), as OpenShell's do.
+fn respond(deny: DenyResponse) -> Response<Body> {
+    let mut response = Response::new(full(deny.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
+    let headers = response.headers_mut();
+    for (name, value) in &deny.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(*name),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+fn full(text: String) -> Body {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fields named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    let trailers_te = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    // gRPC needs `te: trailers`.
+    if trailers_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+impl Session {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match &self.policy {
+            Some(rx) => rx.borrow().clone(),
+            None => self.snapshot.clone(),
+        }
+    }
+
+    fn binary(&self) -> Option<String> {
+        self.binaries.first().map(|p| p.display().to_string())
+    }
+
+    fn event_facts(
+        &self,
+        rule: Option<&str>,
+        reason: Option<String>,
+        snapshot: &Snapshot,
+    ) -> ConnectionFacts {
+        ConnectionFacts {
+            policy: rule.map(str::to_string),
+            reason,
+            policy_version: Some(snapshot.version.to_string()),
+            policy_hash: Some(snapshot.hash.clone()),
+            ..self.facts.clone()
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
+        let method = req.method().as_str().to_string();
+        let raw_target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        // Request smuggling: a length and a chunked body at once is refused.
+        if req.headers().contains_key(header::CONTENT_LENGTH)
+            && req.headers().contains_key(header::TRANSFER_ENCODING)
+        {
+            return respond(DenyResponse::error(
+                ErrorKind::InvalidRequest,
+                "the request has both Content-Length and Transfer-Encoding",
+            ));
+        }
+        // Every request of a kept-alive connection names the same host.
+        let named = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        if let Some(named) = named
+            && sniff::normalize_host(&named) != self.host
+        {
+            return respond(DenyResponse::error(
+                ErrorKind::InvalidRequest,
+                &format!(
+                    "the request names host '{}' on a connection to '{}'",
+                    sniff::normalize_host(&named),
+                    self.host
+                ),
+            ));
+        }
+
+        let snapshot = self.snapshot();
+        let binaries: Vec<&std::path::Path> = self.binaries.iter().map(PathBuf::as_path).collect();
+        let hostnames = [self.host.clone()];
+        let l4 = L4Request {
+            hostnames: &hostnames,
+            ip: self.ip,
+            port: self.port,
+            binaries: &binaries,
+        };
+        let matches = snapshot.policy.matching_endpoints(&l4);
+        let binary = self.binary();
+        if matches.is_empty() {
+            // A reload withdrew the connection's L4 permission.
+            let detail = match snapshot.policy.evaluate_l4(&l4) {
+                crate::policy::L4Decision::Deny { reason } => reason,
+                crate::policy::L4Decision::Allow(_) => "not permitted by policy".into(),
+            };
+            let target = canonicalize(&raw_target, false).ok();
+            return respond(DenyResponse::l4(&L4Denial {
+                policy: None,
+                detail: &detail,
+                method: Some(&method),
+                path: target.as_ref().map(|t| t.path.as_str()),
+                host: &self.host,
+                port: self.port,
+                binary: binary.as_deref(),
+            }));
+        }
+        let target = match canonicalize(&raw_target, decide::allow_encoded_slash(&matches)) {
+            Ok(target) => target,
+            Err(e) => {
+                return respond(DenyResponse::error(
+                    ErrorKind::InvalidRequestTarget,
+                    &e.reason(),
+                ));
+            }
+        };
+        let request_facts = HttpRequestFacts {
+            method: method.clone(),
+            scheme: if self.tls { "https" } else { "http" }.into(),
+            path: target.path.clone(),
+        };
+        let (rule, audit_reason) =
+            match decide::decide(&matches, &method, &target.path, &target.params) {
+                L7Outcome::Allow { rule } => (rule, None),
+                L7Outcome::NotInspected => (matches[0].rule.key.clone(), None),
+                L7Outcome::Audit { rule, reason } => (rule, Some(reason)),
+                L7Outcome::Deny { rule, reason } => {
+                    let facts = self.event_facts(Some(&rule), Some(reason.clone()), &snapshot);
+                    self.agent
+                        .audit
+                        .log(HttpActivity::denied(&facts, &request_facts).into());
+                    return respond(DenyResponse::l7(&L7Denial {
+                        policy: &rule,
+                        detail: &reason,
+                        method: &method,
+                        path: &target.path,
+                        host: Some(&self.host),
+                        port: Some(self.port),
+                        binary: binary.as_deref(),
+                    }));
+                }
+            };
+        let facts = self.event_facts(Some(&rule), audit_reason.clone(), &snapshot);
+        let event = match audit_reason {
+            Some(_) => HttpActivity::audited(&facts, &request_facts),
+            None => HttpActivity::allowed(&facts, &request_facts),
+        };
+        self.agent.audit.log(event.into());
+
+        // Forward the canonical form.
+        let websocket = req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let origin = target.origin_form();
+        let uri = match upstream {
+            Upstream::H1(_) => origin.parse(),
+            Upstream::H2(_) => {
+                let authority = if (self.tls && self.port == 443) || (!self.tls && self.port == 80)
+                {
+                    self.host.clone()
+                } else {
+                    format!("{}:{}", self.host, self.port)
+                };
+                format!(
+                    "{}://{authority}{origin}",
+                    if self.tls { "https" } else { "http" }
+                )
+                .parse()
+            }
+        };
+        match uri {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return respond(DenyResponse::error(ErrorKind::InvalidRequestTarget, "")),
+        }
+        strip_hop_by_hop(req.headers_mut(), websocket);
+        let response = match upstream {
+            Upstream::H1(sender) => {
+                let mut sender = sender.lock().await;
+                match sender.ready().await {
+                    Ok(()) => sender.send_request(req).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Upstream::H2(sender) => sender.clone().send_request(req).await,
+        };
+        let mut response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                log::info!(
+                    "sandbox {}: upstream {} failed: {e}",
+                    self.facts.sandbox,
+                    self.host
+                );
+                return respond(DenyResponse::error(ErrorKind::UpstreamUnreachable, ""));
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            // After the upgrade, frames are relayed as they come.
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+        } else {
+            strip_hop_by_hop(response.headers_mut(), false);
+        }
+        response.map(|body| body.boxed())
+    }
+}
