@@ -182,8 +182,13 @@ impl Agent {
         wait_for_line(self.stderr.as_ref()?, timeout, |l| l.contains(needle))
     }
 
+    /// Runs the CLI, killing it (and a workload it started, which shares
+    /// its process group) if it takes longer than a minute: a hung client
+    /// fails its test instead of stalling the suite.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(portcullis_bin())
+        Command::new("timeout")
+            .args(["-k", "5", "60"])
+            .arg(portcullis_bin())
             .args(["--config", self.config.to_str().unwrap()])
             .args(args)
             .output()

@@ -283,7 +283,8 @@ where
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
-            .max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(4 * MAX_HEAD_BYTES)
             .serve_connection(io, service)
             .with_upgrades()
             .await
@@ -311,7 +312,13 @@ pub async fn answer_refusal(
     let client = Rewind::new(prefix, client);
     let deny = move |req: Request<Incoming>| {
         let responder = responder.clone();
-        async move { Ok::<_, Infallible>(respond(responder(req.method().as_str(), req.uri().path()))) }
+        async move {
+            let version = req.version();
+            Ok::<_, Infallible>(respond(
+                responder(req.method().as_str(), req.uri().path()),
+                version,
+            ))
+        }
     };
     if !tls {
         let _ = hyper::server::conn::http1::Builder::new()
@@ -379,9 +386,10 @@ pub fn error_responder(kind: ErrorKind, detail: String) -> Responder {
     Arc::new(move |_: &str, _: &str| DenyResponse::error(kind, &detail))
 }
 
-/// A `DenyResponse` as a hyper response. HTTP/1.1 connections close after
-/// it (`Connection: close`), as OpenShell's do.
-fn respond(deny: DenyResponse) -> Response<Body> {
+/// A `DenyResponse` as a hyper response. An HTTP/1 connection is closed
+/// after a denial (`Connection: close`), as OpenShell's are; HTTP/2 has no
+/// connection header and keeps the other streams.
+fn respond(deny: DenyResponse, version: hyper::Version) -> Response<Body> {
     let mut response = Response::new(full(deny.body.clone()));
     *response.status_mut() = StatusCode::from_u16(deny.status).unwrap_or(StatusCode::FORBIDDEN);
     let headers = response.headers_mut();
@@ -392,6 +400,9 @@ fn respond(deny: DenyResponse) -> Response<Body> {
         ) {
             headers.insert(name, value);
         }
+    }
+    if version < hyper::Version::HTTP_2 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -470,6 +481,8 @@ impl Session {
     }
 
     async fn handle(&self, mut req: Request<Incoming>, upstream: &Upstream) -> Response<Body> {
+        let version = req.version();
+        let respond = |deny: DenyResponse| respond(deny, version);
         let method = req.method().as_str().to_string();
         let raw_target = req
             .uri()
