@@ -91,8 +91,28 @@ pub struct L7Rule {
 }
 
 impl L7Rule {
-    /// Whether a request matches: method, canonical path (no query), and
-    /// decoded query pairs (a name may repeat).
+    /// Whether this rule, used as a deny rule, blocks a request. A query
+    /// key matches when ANY of its values matches (one bad value is enough
+    /// to block), where allow rules need every value to match; a key that
+    /// is absent means the rule does not apply. OpenShell's fail-closed
+    /// deny semantics (rego `deny_query_params_match`).
+    pub fn denies<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(K, V)],
+    ) -> bool {
+        method_matches(&self.method, method)
+            && path_matches(&self.path, path)
+            && self.query.iter().all(|(name, matcher)| {
+                query
+                    .iter()
+                    .any(|(k, v)| k.as_ref() == name && matcher.matches(v.as_ref()))
+            })
+    }
+
+    /// Whether a request matches as an allow rule: method, canonical path
+    /// (no query), and decoded query pairs (a name may repeat).
     pub fn matches<K: AsRef<str>, V: AsRef<str>>(
         &self,
         method: &str,
@@ -213,7 +233,7 @@ impl L7Config {
     ) -> Option<&L7Rule> {
         self.deny_rules
             .iter()
-            .find(|r| r.matches(method, path, query))
+            .find(|r| r.denies(method, path, query))
     }
 }
 

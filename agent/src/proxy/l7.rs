@@ -34,7 +34,7 @@ use tokio::{
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::{
-    audit::{ConnectionFacts, HttpActivity, HttpRequestFacts},
+    audit::{ConnectionFacts, DenyCause, HttpActivity, HttpRequestFacts, NetworkActivity},
     daemon::{Agent, policies::Snapshot},
     deny::{DenyResponse, ErrorKind, L4Denial, L7Denial},
     policy::L4Request,
@@ -154,23 +154,19 @@ pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: 
         serve_client(session, TokioIo::new(client), false, Arc::new(upstream)).await;
         return;
     }
-    let Some(leaves) = session.agent.leaves.clone() else {
-        // No CA, no inspection; never an uninspected tunnel instead.
-        log::warn!(
-            "sandbox {}: TLS to {} refused: the local CA is unavailable",
-            session.facts.sandbox,
-            session.host
-        );
-        return;
+    // No CA, no inspection; never an uninspected tunnel instead. The
+    // client cannot be told over TLS without a certificate: the refusal is
+    // in the audit log (tls_termination_unavailable).
+    let leaves = match session.agent.leaves.clone() {
+        Some(leaves) => leaves,
+        None => return refuse_tls(&session, "the local CA is unavailable".into()),
     };
     // Minted before any upstream dial: a CA failure costs the upstream nothing.
     if let Err(e) = leaves.certified_key(&session.host) {
-        log::warn!(
-            "sandbox {}: no certificate for {}: {e}",
-            session.facts.sandbox,
-            session.host
+        return refuse_tls(
+            &session,
+            format!("no certificate for {}: {e}", session.host),
         );
-        return;
     }
     let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await {
         Ok(start) => start,
@@ -232,6 +228,22 @@ pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: 
         return;
     };
     serve_client(session, TokioIo::new(client_tls), h2, Arc::new(upstream)).await;
+}
+
+fn refuse_tls(session: &Session, reason: String) {
+    log::warn!(
+        "sandbox {}: TLS to {} refused: {reason}",
+        session.facts.sandbox,
+        session.host
+    );
+    let facts = ConnectionFacts {
+        reason: Some(reason),
+        ..session.facts.clone()
+    };
+    session
+        .agent
+        .audit
+        .log(NetworkActivity::denied(&facts, DenyCause::TlsUnavailable).into());
 }
 
 async fn dial(session: &Session, addrs: &[IpAddr]) -> Option<TcpStream> {
@@ -655,5 +667,61 @@ impl Session {
             strip_hop_by_hop(response.headers_mut(), false);
         }
         response.map(|body| body.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_then_reads_on() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut r = Rewind::new(b"hello".to_vec(), b);
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded_but_trailers_te_is() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic abc"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get("proxy-authorization").is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get(header::ACCEPT).unwrap(), "*/*");
+    }
+
+    #[test]
+    fn websocket_upgrades_keep_their_upgrade_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "Upgrade");
+    }
+
+    #[test]
+    fn denials_close_http1_connections_only() {
+        let deny = DenyResponse::error(ErrorKind::InvalidRequest, "x");
+        let h1 = respond(deny.clone(), hyper::Version::HTTP_11);
+        assert_eq!(h1.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(h1.headers().get(header::CONNECTION).unwrap(), "close");
+        let h2 = respond(deny, hyper::Version::HTTP_2);
+        assert!(h2.headers().get(header::CONNECTION).is_none());
     }
 }

@@ -21,8 +21,8 @@
 use std::borrow::Cow;
 
 use crate::deny::redact_credentials;
-use crate::policy::l7::{method_matches, path_matches, path_specificity};
-use crate::policy::{EndpointMatch, L7Config, L7Rule};
+use crate::policy::l7::{path_matches, path_specificity};
+use crate::policy::{EndpointMatch, L7Config};
 
 /// The deny reason when no L7 endpoint's `path` scope covers the request.
 pub const NO_PATH_MATCHED: &str = "no L7 endpoint path matched request";
@@ -117,7 +117,7 @@ pub fn decide(
         .filter(|(_, cfg)| {
             cfg.deny_rules
                 .iter()
-                .any(|r| deny_rule_matches(r, method, &path, &params))
+                .any(|r| r.denies(method, &path, &params))
         })
         .min_by_key(|(m, _)| m.endpoint.summary.enforcement_audit);
     if let Some((m, _)) = deny_hit {
@@ -165,27 +165,6 @@ fn refuse(m: &EndpointMatch<'_>, reason: String) -> L7Outcome {
     } else {
         L7Outcome::Deny { rule, reason }
     }
-}
-
-/// Deny rules match a query key when ANY of its values matches (one bad
-/// value is enough to block), where allow rules need every value to match;
-/// a configured key that is absent means the deny rule does not apply.
-/// This is OpenShell's fail-closed deny semantics (rego
-/// `deny_query_params_match`), which [`L7Config::denied_by`] does not
-/// implement, hence the local matcher.
-fn deny_rule_matches<K: AsRef<str>, V: AsRef<str>>(
-    rule: &L7Rule,
-    method: &str,
-    path: &str,
-    params: &[(K, V)],
-) -> bool {
-    method_matches(&rule.method, method)
-        && path_matches(&rule.path, path)
-        && rule.query.iter().all(|(name, matcher)| {
-            params
-                .iter()
-                .any(|(k, v)| k.as_ref() == name && matcher.matches(v.as_ref()))
-        })
 }
 
 fn has_encoded_slash(path: &str) -> bool {
