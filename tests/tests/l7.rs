@@ -569,3 +569,53 @@ fn smuggling_and_denied_hosts_get_answers_not_tunnels() {
     assert_eq!(deny["rule_missing"]["host"], "other.example.test");
     assert_eq!(deny["rule_missing"]["port"], 8443);
 }
+
+#[test]
+fn direct_ip_connects_are_decided_on_the_ip_with_the_client_named_host_for_tls() {
+    if !privileged() {
+        return;
+    }
+    // No policy yet: the upstream's real address is known only now.
+    let f = fixture("l7-direct", 27, "version: 1\n");
+    // The real address comes from the agent's hosts file.
+    let hosts = std::fs::read_to_string(f.agent.root.join("hosts")).unwrap();
+    let real = hosts.split_whitespace().next().unwrap().to_string();
+    let policy = format!(
+        "version: 1
+network_policies:
+  by_ip:
+    endpoints:
+      - host: \"{real}\"
+        port: 8443
+        protocol: rest
+        enforcement: enforce
+        access: read-only
+    binaries:
+      - path: /usr/bin/curl
+"
+    );
+    let path = f.agent.write_policy("ip.yaml", &policy);
+    f.agent
+        .ok(&["policy", "set", "demo", "--policy", path.to_str().unwrap()]);
+    // curl --resolve skips DNS: the connect carries the real IP and the
+    // ClientHello names the host, which the leaf and the upstream TLS use.
+    let resolve = format!("api.example.test:8443:{real}");
+    let (code, body) = curl(
+        &f,
+        &["--resolve", &resolve, "https://api.example.test:8443/ok"],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["host"], "api.example.test:8443");
+    let (code, body) = curl(
+        &f,
+        &[
+            "--resolve",
+            &resolve,
+            "-X",
+            "DELETE",
+            "https://api.example.test:8443/ok",
+        ],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(json(&body)["policy"], "by_ip");
+}

@@ -203,9 +203,17 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     };
     // TLS or HTTP can be answered in-band when refused (contract §2.2).
     let web = l7::speaks_http(&prefix);
+    // The name certificates and upstream TLS use: the resolved name, or for
+    // a direct-IP connect the name the client gives (the decision itself
+    // stays on the IP).
     let host = conn
         .name
         .clone()
+        .or_else(|| {
+            claimed_host(&prefix)
+                .and_then(Result::ok)
+                .map(|(_, h)| sniff::normalize_host(&h))
+        })
         .unwrap_or_else(|| conn.dst.ip().to_string());
     let binary = question.binaries.first().map(|p| p.display().to_string());
     let allow = match question.ask(&conn.snapshot) {
