@@ -160,6 +160,26 @@ network_policies:
         "{shorthand}"
     );
     assert!(shorthand.contains(" DENIED /usr/bin/curl("), "{shorthand}");
+    // glibc's address-sorting UDP connects to synthetic answers are refused
+    // and counted, not audited.
+    let probes = agent
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["activity_id"] == 5
+                && e["dst_endpoint"]["ip"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("10.200.")
+        })
+        .count();
+    assert_eq!(probes, 0, "UDP probes to synthetic addresses were audited");
+    let status = agent.ok(&["status"]);
+    let kernel_denied = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("kernel_denied"))
+        .unwrap();
+    assert!(!kernel_denied.trim_end().ends_with(" 0"), "{status}");
     // `portcullis logs` shows the sandbox's lines.
     let logs = agent.ok(&["logs", "demo"]);
     assert!(logs.contains("ALLOWED /usr/bin/node("), "{logs}");

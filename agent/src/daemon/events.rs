@@ -113,12 +113,33 @@ pub fn spawn_readers(
     Ok(())
 }
 
+/// glibc's getaddrinfo sorts the answers it got by connect()ing a UDP
+/// socket to each address, without sending anything. Every lookup from a
+/// sandbox would otherwise log two kernel refusals for our own synthetic
+/// answers. A UDP connect to a synthetic address carries no data (the
+/// refusal stands and is counted); a real datagram always goes through
+/// sendmsg and is audited, and a client that gives up on UDP falls back to
+/// TCP, which is decided and audited like any connection.
+fn is_address_sorting_probe(agent: &Agent, denial: &KernelDenial) -> bool {
+    let connect = matches!(
+        Hook::from_u32(denial.hook),
+        Some(Hook::Connect4 | Hook::Connect6)
+    );
+    connect
+        && denial.record.protocol == portcullis_common::IPPROTO_UDP
+        && agent.pools.contains(addr_from_abi(&denial.record.dst_addr))
+}
+
 fn report_kernel_denial(agent: &Agent, denial: &KernelDenial) {
     agent
         .stats
         .kernel_denials_seen
         .fetch_add(1, Ordering::Relaxed);
     let record = &denial.record;
+    if is_address_sorting_probe(agent, denial) {
+        // Counted, not audited: see `is_address_sorting_probe`.
+        return;
+    }
     let (sandbox, identity) = agent.attribute(record);
     let identity = identity.ok();
     let sandbox = sandbox.map(|s| s.record.name.to_string());
