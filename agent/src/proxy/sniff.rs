@@ -393,9 +393,15 @@ mod http {
             .unwrap_or(buf.len());
         let buf = buf.get(start..).unwrap_or_default();
 
-        // The method is a token followed by whitespace; decide early for
-        // streams that cannot be HTTP, so they are not held up.
-        let method_len = buf.iter().take_while(|&&b| is_tchar(b)).count();
+        // The method is followed by whitespace; decide early for streams
+        // that cannot be HTTP, so they are not held up waiting for more.
+        // Methods in use are short and upper case (GET, PROPFIND,
+        // M-SEARCH); any other token is treated as another protocol, which
+        // costs a spoofer nothing it could not get as opaque bytes.
+        let method_len = buf.iter().take_while(|&&b| is_method_char(b)).count();
+        if method_len > MAX_METHOD_LEN {
+            return Sniffed::Unknown;
+        }
         let Some((method, after_method)) = buf.split_at_checked(method_len) else {
             return Sniffed::NeedMore; // unreachable: count <= len
         };
@@ -610,6 +616,13 @@ mod http {
     }
 
     /// RFC 9110 §5.6.2 token characters.
+    /// Longest method worth waiting for.
+    const MAX_METHOD_LEN: usize = 20;
+
+    fn is_method_char(b: u8) -> bool {
+        b.is_ascii_uppercase() || b == b'-' || b == b'_'
+    }
+
     fn is_tchar(b: u8) -> bool {
         b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
     }
@@ -1148,10 +1161,18 @@ mod tests {
         head.extend_from_slice(b"\r\nHost: b.test\r\n\r\n");
         assert_eq!(sniff(&head), Sniffed::Malformed);
 
+        // A token too long for a method is another protocol, not a
+        // request to wait for.
         let mut token = vec![b'A'; MAX_SNIFF];
-        assert_eq!(sniff(&token), Sniffed::Malformed);
-        token.truncate(100);
+        assert_eq!(sniff(&token), Sniffed::Unknown);
+        token.truncate(20);
         assert_eq!(sniff(&token), Sniffed::NeedMore);
+        token.push(b'A');
+        assert_eq!(sniff(&token), Sniffed::Unknown);
+        // Lower-case bytes are not a method: decided at once.
+        assert_eq!(sniff(b"x"), Sniffed::Unknown);
+        assert_eq!(sniff(b"ping"), Sniffed::Unknown);
+        assert_eq!(sniff(b"GE"), Sniffed::NeedMore);
     }
 
     #[test]
