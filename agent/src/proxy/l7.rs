@@ -130,9 +130,10 @@ enum Upstream {
     H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
 
-/// Whether the first bytes are something this layer can serve.
-pub fn speaks_http(prefix: &[u8]) -> Option<bool> {
-    match sniff::sniff_final(prefix) {
+/// Whether the client's first bytes are something this layer can serve:
+/// Some(true) for TLS, Some(false) for plain HTTP/1.
+pub fn speaks_http(sniffed: &sniff::Sniffed) -> Option<bool> {
+    match sniffed {
         sniff::Sniffed::Tls { .. } => Some(true),
         sniff::Sniffed::Http { .. } => Some(false),
         _ => None,

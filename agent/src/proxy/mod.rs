@@ -170,7 +170,12 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if let (Some(name), Some(claimed)) = (&conn.name, claimed_host(&prefix)) {
+    // Read once: the claimed host, and whether the client speaks TLS or
+    // HTTP (then a refusal can be answered in-band, contract §2.2).
+    let sniffed = sniff::sniff_final(&prefix);
+    let claimed = claimed_host(&sniffed, &prefix);
+    let web = l7::speaks_http(&sniffed);
+    if let (Some(name), Some(claimed)) = (&conn.name, claimed.clone()) {
         match claimed {
             Err(problem) => {
                 return deny(
@@ -201,8 +206,6 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         port: conn.dst.port(),
         binaries: identity.binary_paths().map(|p| p.to_path_buf()).collect(),
     };
-    // TLS or HTTP can be answered in-band when refused (contract §2.2).
-    let web = l7::speaks_http(&prefix);
     // The name certificates and upstream TLS use: the resolved name, or for
     // a direct-IP connect the name the client gives (the decision itself
     // stays on the IP).
@@ -210,7 +213,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         .name
         .clone()
         .or_else(|| {
-            claimed_host(&prefix)
+            claimed
                 .and_then(Result::ok)
                 .map(|(_, h)| sniff::normalize_host(&h))
         })
@@ -481,13 +484,16 @@ async fn read_prefix(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 /// host), an error for a hello or request that cannot be read (a lenient
 /// server might still find a host in it), or None when the client names
 /// nothing (silent, opaque protocols, h2c).
-fn claimed_host(prefix: &[u8]) -> Option<Result<(&'static str, String), String>> {
-    match sniff::sniff_final(prefix) {
-        sniff::Sniffed::Tls { sni: Some(sni), .. } => Some(Ok(("TLS SNI", sni))),
+fn claimed_host(
+    sniffed: &sniff::Sniffed,
+    prefix: &[u8],
+) -> Option<Result<(&'static str, String), String>> {
+    match sniffed {
+        sniff::Sniffed::Tls { sni: Some(sni), .. } => Some(Ok(("TLS SNI", sni.clone()))),
         sniff::Sniffed::Http {
             host: sniff::HostHeader::One(host),
             ..
-        } => Some(Ok(("HTTP Host", host))),
+        } => Some(Ok(("HTTP Host", host.clone()))),
         sniff::Sniffed::Http {
             host: sniff::HostHeader::Conflicting,
             ..
