@@ -10,7 +10,21 @@ use portcullis_e2e::{Agent, Upstream, WAIT, privileged, stderr, stdout};
 use serde_json::Value;
 
 const UPSTREAM: &str = env!("CARGO_BIN_EXE_e2e-upstream");
-const GRPC_CLIENT: &str = env!("CARGO_BIN_EXE_e2e-grpc-client");
+const GRPC_CLIENT_BUILT: &str = env!("CARGO_BIN_EXE_e2e-grpc-client");
+
+/// The gRPC client where `nobody` can run it: the checkout may sit below a
+/// directory the sandbox user cannot enter (/root, say).
+fn grpc_client() -> String {
+    let dir = PathBuf::from("/tmp/portcullis-e2e/bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("e2e-grpc-client");
+    // Copy to a temporary name, then rename: parallel tests never see a
+    // half-written binary.
+    let tmp = dir.join(format!("e2e-grpc-client.{}", std::process::id()));
+    std::fs::copy(GRPC_CLIENT_BUILT, &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path.display().to_string()
+}
 
 struct Fixture {
     agent: Agent,
@@ -411,6 +425,7 @@ fn http2_grpc_and_websocket_pass_through() {
     if !privileged() {
         return;
     }
+    let grpc = grpc_client();
     let policy = "version: 1
 network_policies:
   api:
@@ -436,7 +451,7 @@ network_policies:
       - path: /usr/bin/python3*
       - path: \"{grpc}\"
 "
-    .replace("{grpc}", GRPC_CLIENT);
+    .replace("{grpc}", &grpc);
     let f = fixture("l7-h2", 24, &policy);
     let (code, body) = curl(&f, &["--http2", "https://api.example.test:8443/h2"]);
     assert_eq!(code, 200);
@@ -458,7 +473,7 @@ network_policies:
     );
     let out = f.agent.run_in(
         "demo",
-        &[GRPC_CLIENT, "https://api.example.test:8443", "hi"],
+        &[grpc.as_str(), "https://api.example.test:8443", "hi"],
     );
     assert_eq!(stdout(&out).trim(), "echo: hi", "gRPC: {}", stderr(&out));
 
