@@ -51,6 +51,8 @@ pub struct AgentConfig {
     /// PEM files of extra roots trusted for upstream TLS, beside the
     /// system roots. Verification is never off.
     pub upstream_extra_roots: Vec<PathBuf>,
+    /// Where the policy advisor skill is installed for agents to read.
+    pub skill_dirs: Vec<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +75,10 @@ impl Default for AgentConfig {
             dns_pool_v6: crate::dns::synthetic::PoolConfig::default().v6,
             relay: Default::default(),
             upstream_extra_roots: Vec::new(),
+            skill_dirs: vec![
+                "/etc/openshell/skills".into(),
+                "/etc/portcullis/skills".into(),
+            ],
         }
     }
 }
@@ -96,7 +102,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs)",
                 path.display()
             )
         })?;

@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod deny;
 pub mod dns;
 pub mod identity;
+pub mod local_api;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;

@@ -110,7 +110,7 @@ impl Agent {
                 "state_dir: {root}/state\nrun_dir: {root}/run\nlog_dir: {root}/log\n\
                  bpffs_dir: /sys/fs/bpf/portcullis-e2e-{name}\ncgroup_parent: portcullis-e2e-{name}\n\
                  proxy_port: {proxy_port}\ndns_port: {dns_port}\nself_mark: {self_mark}\n\
-                 hosts_file: {hosts}\n{extra_config}",
+                 hosts_file: {hosts}\nskill_dirs: [{root}/skills]\n{extra_config}",
                 root = root.display(),
                 hosts = hosts_file.display(),
             ),

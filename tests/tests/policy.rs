@@ -180,6 +180,25 @@ network_policies:
         .find(|l| l.trim_start().starts_with("kernel_denied"))
         .unwrap();
     assert!(!kernel_denied.trim_end().ends_with(" 0"), "{status}");
+    // policy.local is the agent: the skill is served there and installed
+    // where agents look for it.
+    let skill = agent.run_in(
+        "demo",
+        &[
+            "curl",
+            "-fsS",
+            "--max-time",
+            "10",
+            "http://policy.local/v1/skill",
+        ],
+    );
+    assert!(
+        stdout(&skill).contains("# Policy advisor"),
+        "{}",
+        stderr(&skill)
+    );
+    let installed = std::fs::read_to_string(agent.root.join("skills/policy_advisor.md")).unwrap();
+    assert_eq!(installed, stdout(&skill));
     // `portcullis logs` shows the sandbox's lines.
     let logs = agent.ok(&["logs", "demo"]);
     assert!(logs.contains("ALLOWED /usr/bin/node("), "{logs}");

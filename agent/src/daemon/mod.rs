@@ -134,6 +134,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         );
     }
 
+    crate::local_api::install_skill(&config.skill_dirs)?;
+
     datapath::tracefs::ensure_mounted()?;
     let fork_offset = datapath::tracefs::fork_child_pid_offset().unwrap_or_else(|e| {
         log::warn!("fork tracking disabled: {e:#}");

@@ -156,7 +156,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     }
 
     if conn.name.as_deref() == Some(crate::deny::routes::HOST) {
-        return serve_policy_local(stream).await;
+        return crate::local_api::serve(stream).await;
     }
 
     // What the client says it is talking to, read before any dial.
@@ -404,20 +404,6 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         (Err(e), None) => log::debug!("relay to {} ended: {e}", conn.dst),
         (Ok(_), None) => {}
     }
-}
-
-/// `policy.local` is the agent itself; its routes arrive with the approval
-/// loop. Until then every request gets a structured 503.
-async fn serve_policy_local(mut stream: TcpStream) {
-    let body = r#"{"error":"policy_local_unavailable","detail":"policy.local is reserved for the sandbox policy API, which this agent does not serve yet"}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut request = [0u8; 8192];
-    let _ = tokio::time::timeout(SNIFF_DEADLINE, stream.read(&mut request)).await;
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 /// Completes when a reload produces a snapshot that denies `question`,
