@@ -289,7 +289,21 @@ where
         let upstream = upstream.clone();
         async move { Ok::<_, Infallible>(session.handle(req, &upstream).await) }
     });
-    let result = if h2 {
+    if let Err(e) = serve_http(io, h2, service).await {
+        log::debug!("L7 connection ended: {e}");
+    }
+}
+
+/// Serves one client connection with `service`, HTTP/2 or HTTP/1.1 (with
+/// upgrades), under the same head-size limits on every path.
+async fn serve_http<I, S>(io: I, h2: bool, service: S) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .max_header_list_size(MAX_HEAD_BYTES as u32)
             .serve_connection(io, service)
@@ -301,9 +315,6 @@ where
             .serve_connection(io, service)
             .with_upgrades()
             .await
-    };
-    if let Err(e) = result {
-        log::debug!("L7 connection ended: {e}");
     }
 }
 
@@ -334,9 +345,7 @@ pub async fn answer_refusal(
         }
     };
     if !tls {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(client), service_fn(deny))
-            .await;
+        let _ = serve_http(TokioIo::new(client), false, service_fn(deny)).await;
         return;
     }
     let Some(leaves) = agent.leaves.clone() else {
@@ -358,16 +367,7 @@ pub async fn answer_refusal(
         return;
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
-    let io = TokioIo::new(tls);
-    let _ = if h2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, service_fn(deny))
-            .await
-    } else {
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, service_fn(deny))
-            .await
-    };
+    let _ = serve_http(TokioIo::new(tls), h2, service_fn(deny)).await;
 }
 
 /// The L4 body for a request on a refused connection.
