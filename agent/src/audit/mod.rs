@@ -13,6 +13,7 @@
 
 pub mod enums;
 pub mod event;
+pub mod proposals;
 pub mod shorthand;
 pub mod text;
 pub mod writer;
@@ -23,6 +24,7 @@ pub use event::{
     HttpRequestFacts, Inspection, NetworkActivity, PolicyFacts, PolicyLoad, ProcessFacts, SsrfKind,
     Transport,
 };
+pub use proposals::{AutoApproval, DecidedVersion};
 pub use shorthand::{format_timestamp, shorthand, shorthand_line};
 pub use text::{redact_query, redact_query_text};
 pub use writer::{AuditConfig, AuditError, AuditLog};

@@ -1,9 +1,15 @@
 //! The audit log writer: a bounded queue in front of a blocking writer
 //! thread that appends JSON and shorthand lines to daily files.
 //!
+//! Each shorthand line of an event about a sandbox (`unmapped.sandbox`) is
+//! also appended to that sandbox's own daily file under
+//! `<dir>/sandboxes/<sandbox>/`, so `GET /v1/denials` can show a sandbox
+//! its own lines and nothing else.
+//!
 //! Logging must never slow or stall the data path, so `AuditLog::log` only
 //! `try_send`s; when the queue is full the event is counted and dropped.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -30,6 +36,25 @@ const DIR_MODE: u32 = 0o750;
 /// Most queued items handled between two flushes, so a flood cannot delay
 /// visibility indefinitely.
 const MAX_BATCH: usize = 512;
+/// Directory under the log directory that holds one directory per sandbox.
+pub const SANDBOXES_DIR: &str = "sandboxes";
+/// Most per-sandbox files kept open at once; the least recently written is
+/// closed first. Bounds descriptors however many sandboxes come and go.
+const MAX_OPEN_SANDBOX_FILES: usize = 64;
+
+/// `<log_dir>/sandboxes/<sandbox>`: where the writer keeps a sandbox's own
+/// `portcullis.YYYY-MM-DD.log` files and `GET /v1/denials` reads them.
+/// `sandbox` must be a validated name (see [`is_safe_sandbox_dir_name`]).
+pub fn sandbox_log_dir(log_dir: &Path, sandbox: &str) -> PathBuf {
+    log_dir.join(SANDBOXES_DIR).join(sandbox)
+}
+
+/// Whether `name` can be used as one path component under `sandboxes/`
+/// without escaping it. Names are validated long before they reach the
+/// log; this is the last line of defence, not the validation.
+pub fn is_safe_sandbox_dir_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && !name.contains("..") && !name.contains(['/', '\\', '\0'])
+}
 
 /// Where and how the audit log is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,9 +169,22 @@ struct DayFiles {
     shorthand: BufWriter<File>,
 }
 
+/// One sandbox's open shorthand file.
+struct SandboxFile {
+    date: Date,
+    file: BufWriter<File>,
+    /// Value of `Writer::writes` at the last write, for closing the least
+    /// recently written file first.
+    last_write: u64,
+}
+
 struct Writer {
     config: AuditConfig,
     current: Option<DayFiles>,
+    /// Open per-sandbox shorthand files, by sandbox name.
+    sandboxes: HashMap<String, SandboxFile>,
+    /// Events written so far; orders `SandboxFile::last_write`.
+    writes: u64,
     /// First write error since the last flush marker.
     error: Option<String>,
     /// Whether the last attempt failed; limits error logging to one line
@@ -159,6 +197,8 @@ impl Writer {
         Self {
             config,
             current: None,
+            sandboxes: HashMap::new(),
+            writes: 0,
             error: None,
             failing: false,
         }
@@ -174,12 +214,13 @@ impl Writer {
         };
         let line = shorthand_line(event);
         let date = self.file_date(event.base().time);
+        self.writes += 1;
         let result = self.files_for(date).and_then(|files| {
             writeln!(files.ocsf, "{json}")?;
             writeln!(files.shorthand, "{line}")
         });
-        match result {
-            Ok(()) => self.recovered(),
+        let mut ok = match result {
+            Ok(()) => true,
             Err(e) => {
                 // Reopen on the next event: the disk may come back.
                 self.current = None;
@@ -187,7 +228,124 @@ impl Writer {
                     "cannot write audit log in {}: {e}",
                     self.config.dir.display()
                 ));
+                false
             }
+        };
+        if let Some(sandbox) = event_sandbox(event) {
+            ok &= self.write_sandbox_line(sandbox, date, &line);
+        }
+        if ok {
+            self.recovered();
+        }
+    }
+
+    /// Appends `line` to the sandbox's own shorthand file for `date`;
+    /// false (and the failure recorded) if that was not possible.
+    fn write_sandbox_line(&mut self, sandbox: &str, date: Date, line: &str) -> bool {
+        if !is_safe_sandbox_dir_name(sandbox) {
+            self.fail(format!(
+                "refusing to write a per-sandbox audit log for sandbox name {sandbox:?}: \
+                 not a single path component"
+            ));
+            return false;
+        }
+        let writes = self.writes;
+        let result = self.sandbox_file_for(sandbox, date).and_then(|open| {
+            open.last_write = writes;
+            writeln!(open.file, "{line}")
+        });
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.sandboxes.remove(sandbox);
+                self.fail(format!(
+                    "cannot write audit log in {}: {e}",
+                    sandbox_log_dir(&self.config.dir, sandbox).display()
+                ));
+                false
+            }
+        }
+    }
+
+    /// The sandbox's file for `date`, opening it (and pruning its
+    /// directory) when the sandbox has none open or it is for another day.
+    fn sandbox_file_for(&mut self, sandbox: &str, date: Date) -> io::Result<&mut SandboxFile> {
+        // Never back to an older day than the file already open (see
+        // `file_date`); matters only while the global files cannot open.
+        let date = match self.sandboxes.get(sandbox) {
+            Some(open) if open.date > date => open.date,
+            _ => date,
+        };
+        let stale = self.sandboxes.get(sandbox).is_some_and(|f| f.date != date);
+        if stale {
+            self.close_sandbox(sandbox);
+        }
+        if !self.sandboxes.contains_key(sandbox) {
+            self.make_room_for_sandbox_file();
+            let dir = sandbox_log_dir(&self.config.dir, sandbox);
+            DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(&dir)?;
+            let file = BufWriter::new(open_log(&dir.join(file_name(SHORTHAND_PREFIX, date)))?);
+            if let Err(e) = prune(&dir, SHORTHAND_PREFIX, date, self.config.keep_days) {
+                log::warn!(
+                    "audit log rotation failed in {} for {SHORTHAND_PREFIX}.*.log: {e}",
+                    dir.display()
+                );
+            }
+            let open = SandboxFile {
+                date,
+                file,
+                last_write: self.writes,
+            };
+            self.sandboxes.insert(sandbox.to_string(), open);
+        }
+        // Just ensured above; the error arm is unreachable but keeps this
+        // panic-free.
+        self.sandboxes
+            .get_mut(sandbox)
+            .ok_or_else(|| io::Error::other("sandbox audit file not open"))
+    }
+
+    /// Closes the least recently written sandbox files until one more fits.
+    fn make_room_for_sandbox_file(&mut self) {
+        while self.sandboxes.len() >= MAX_OPEN_SANDBOX_FILES {
+            let oldest = self
+                .sandboxes
+                .iter()
+                .min_by_key(|(_, f)| f.last_write)
+                .map(|(name, _)| name.clone());
+            match oldest {
+                Some(name) => self.close_sandbox(&name),
+                None => break,
+            }
+        }
+    }
+
+    /// Closes sandbox files of days before `today`: a sandbox not written
+    /// since yesterday holds no descriptor (its next line reopens).
+    fn close_idle_sandbox_files(&mut self, today: Date) {
+        let idle: Vec<String> = self
+            .sandboxes
+            .iter()
+            .filter(|(_, f)| f.date < today)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            self.close_sandbox(&name);
+        }
+    }
+
+    /// Flushes and forgets one sandbox's file.
+    fn close_sandbox(&mut self, sandbox: &str) {
+        if let Some(mut open) = self.sandboxes.remove(sandbox)
+            && let Err(e) = open.file.flush()
+        {
+            self.fail(format!(
+                "cannot flush audit log in {}: {e}",
+                sandbox_log_dir(&self.config.dir, sandbox).display()
+            ));
         }
     }
 
@@ -211,6 +369,7 @@ impl Writer {
             self.current = None;
         }
         if self.current.is_none() {
+            self.close_idle_sandbox_files(date);
             let dir = &self.config.dir;
             DirBuilder::new()
                 .recursive(true)
@@ -239,15 +398,26 @@ impl Writer {
     }
 
     fn flush(&mut self) {
-        let Some(files) = self.current.as_mut() else {
-            return;
-        };
-        let result = files.ocsf.flush().and_then(|()| files.shorthand.flush());
-        if let Err(e) = result {
-            self.current = None;
+        if let Some(files) = self.current.as_mut() {
+            let result = files.ocsf.flush().and_then(|()| files.shorthand.flush());
+            if let Err(e) = result {
+                self.current = None;
+                self.fail(format!(
+                    "cannot flush audit log in {}: {e}",
+                    self.config.dir.display()
+                ));
+            }
+        }
+        let failed: Vec<(String, io::Error)> = self
+            .sandboxes
+            .iter_mut()
+            .filter_map(|(name, open)| open.file.flush().err().map(|e| (name.clone(), e)))
+            .collect();
+        for (name, e) in failed {
+            self.sandboxes.remove(&name);
             self.fail(format!(
                 "cannot flush audit log in {}: {e}",
-                self.config.dir.display()
+                sandbox_log_dir(&self.config.dir, &name).display()
             ));
         }
     }
@@ -273,6 +443,16 @@ impl Writer {
     fn take_error(&mut self) -> Option<String> {
         self.error.take()
     }
+}
+
+/// The sandbox an event is about (`unmapped.sandbox`), if any.
+fn event_sandbox(event: &AuditEvent) -> Option<&str> {
+    event
+        .base()
+        .unmapped
+        .get("sandbox")
+        .and_then(|v| v.as_str())
+        .filter(|name| !name.is_empty())
 }
 
 /// Opens (creating if needed) a log file for appending, mode 0640.
@@ -303,7 +483,7 @@ pub fn file_name(prefix: &str, date: Date) -> String {
 
 /// The date in a `<prefix>.YYYY-MM-DD.log` name, or `None` for any other
 /// name (such files are never touched).
-fn parse_file_date(name: &str, prefix: &str) -> Option<Date> {
+pub fn parse_file_date(name: &str, prefix: &str) -> Option<Date> {
     let stamp = name
         .strip_prefix(prefix)?
         .strip_prefix('.')?
@@ -573,6 +753,224 @@ mod tests {
         assert_eq!(log.flush().await, Ok(()));
         drop(log);
         handle.await.unwrap();
+    }
+
+    /// A denied connection from `sandbox` at `time_ms`.
+    fn denial(sandbox: &str, host: &str, time_ms: i64) -> AuditEvent {
+        let facts = ConnectionFacts {
+            sandbox: sandbox.into(),
+            dst_host: Some(host.into()),
+            dst_port: 443,
+            ..ConnectionFacts::default()
+        };
+        NetworkActivity::denied(&facts, DenyCause::Policy)
+            .at(time_ms)
+            .into()
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sandbox_dirs_and_names() {
+        assert_eq!(
+            sandbox_log_dir(Path::new("/var/log/portcullis"), "sb-1"),
+            PathBuf::from("/var/log/portcullis/sandboxes/sb-1")
+        );
+        for good in ["sb", "a_b-c", "0", "a.b"] {
+            assert!(is_safe_sandbox_dir_name(good), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "/", "a..b", "../x", "a\\b", "a\0b"] {
+            assert!(!is_safe_sandbox_dir_name(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_sandbox_file_gets_only_its_own_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (log, handle) = AuditLog::start(config(dir, 3, 16));
+        let t = noon(2026, 3, 1);
+        log.log(AppLifecycle::started().at(t).into());
+        log.log(denial("alpha", "a.example", t + 1));
+        log.log(denial("beta", "b.example", t + 2));
+        log.log(denial("alpha", "c.example", t + 3));
+        log.flush().await.unwrap();
+
+        let global = read(dir, "portcullis.2026-03-01.log");
+        assert_eq!(global.lines().count(), 4);
+        let alpha = read(&sandbox_log_dir(dir, "alpha"), "portcullis.2026-03-01.log");
+        let beta = read(&sandbox_log_dir(dir, "beta"), "portcullis.2026-03-01.log");
+        let global_lines: Vec<&str> = global.lines().collect();
+        // Same text as the global lines, only the sandbox's own.
+        assert_eq!(
+            alpha.lines().collect::<Vec<_>>(),
+            [global_lines[1], global_lines[3]]
+        );
+        assert_eq!(beta.lines().collect::<Vec<_>>(), [global_lines[2]]);
+        assert!(alpha.contains("a.example") && alpha.contains("c.example"));
+        assert!(!alpha.contains("b.example") && !alpha.contains("LIFECYCLE"));
+        // No JSON log per sandbox.
+        assert_eq!(
+            names_in(&sandbox_log_dir(dir, "alpha")),
+            ["portcullis.2026-03-01.log"]
+        );
+        let file_mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            file_mode(&sandbox_log_dir(dir, "alpha").join("portcullis.2026-03-01.log")),
+            FILE_MODE
+        );
+        assert_eq!(file_mode(&dir.join(SANDBOXES_DIR)), DIR_MODE);
+        assert_eq!(file_mode(&sandbox_log_dir(dir, "beta")), DIR_MODE);
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sandbox_from_with_unmapped_is_honoured_and_empty_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (log, handle) = AuditLog::start(config(dir, 3, 16));
+        let t = noon(2026, 3, 2);
+        log.log(
+            AppLifecycle::started()
+                .at(t)
+                .with_unmapped("sandbox", "gamma")
+                .into(),
+        );
+        log.log(
+            AppLifecycle::started()
+                .at(t)
+                .with_unmapped("sandbox", "")
+                .into(),
+        );
+        log.log(
+            AppLifecycle::started()
+                .at(t)
+                .with_unmapped("sandbox", 7)
+                .into(),
+        );
+        log.flush().await.unwrap();
+        assert_eq!(read(dir, "portcullis.2026-03-02.log").lines().count(), 3);
+        assert_eq!(names_in(&dir.join(SANDBOXES_DIR)), ["gamma"]);
+        let gamma = read(&sandbox_log_dir(dir, "gamma"), "portcullis.2026-03-02.log");
+        assert_eq!(gamma.lines().count(), 1);
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unsafe_sandbox_name_is_skipped_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("logs");
+        let (log, handle) = AuditLog::start(config(&dir, 3, 16));
+        let t = noon(2026, 3, 3);
+        log.log(denial("../escape", "a.example", t));
+        log.log(denial("a/b", "a.example", t));
+        let err = log.flush().await.unwrap_err();
+        match err {
+            AuditError::Write(msg) => assert!(msg.contains("../escape"), "{msg}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The global log still has both lines; nothing was created outside.
+        assert_eq!(read(&dir, "portcullis.2026-03-03.log").lines().count(), 2);
+        assert!(!tmp.path().join("escape").exists());
+        assert!(!dir.join(SANDBOXES_DIR).exists());
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sandbox_dirs_rotate_and_prune_independently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let alpha_dir = sandbox_log_dir(dir, "alpha");
+        fs::create_dir_all(&alpha_dir).unwrap();
+        fs::write(alpha_dir.join("portcullis.2025-12-30.log"), "old\n").unwrap();
+        fs::write(alpha_dir.join("notes.txt"), "keep me").unwrap();
+        let (log, handle) = AuditLog::start(config(dir, 2, 64));
+        for day in 1..=4 {
+            log.log(denial("alpha", "a.example", noon(2026, 1, day)));
+            if day == 1 {
+                log.log(denial("beta", "b.example", noon(2026, 1, day)));
+            }
+            log.flush().await.unwrap();
+        }
+        // A late event from an earlier day goes to the current file.
+        log.log(denial("alpha", "late.example", noon(2026, 1, 2)));
+        log.flush().await.unwrap();
+
+        assert_eq!(
+            names_in(&alpha_dir),
+            [
+                "notes.txt",
+                "portcullis.2026-01-03.log",
+                "portcullis.2026-01-04.log"
+            ]
+        );
+        let today = read(&alpha_dir, "portcullis.2026-01-04.log");
+        assert_eq!(today.lines().count(), 2);
+        assert!(today.lines().nth(1).unwrap().contains("late.example"));
+        // beta was written once; pruning happens when a sandbox file opens,
+        // so its only file stays.
+        assert_eq!(
+            names_in(&sandbox_log_dir(dir, "beta")),
+            ["portcullis.2026-01-01.log"]
+        );
+        drop(log);
+        handle.await.unwrap();
+    }
+
+    #[test]
+    fn idle_sandbox_handles_are_closed_after_a_day() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = Writer::new(config(tmp.path(), 3, 1));
+        writer.write(&denial("alpha", "a.example", noon(2026, 4, 1)));
+        writer.write(&denial("beta", "b.example", noon(2026, 4, 1)));
+        assert_eq!(writer.sandboxes.len(), 2);
+        writer.write(&denial("alpha", "a.example", noon(2026, 4, 2)));
+        // beta was not written on the new day: its handle is gone.
+        let open: Vec<&String> = writer.sandboxes.keys().collect();
+        assert_eq!(open, ["alpha"]);
+        // And it reopens on demand.
+        writer.write(&denial("beta", "b.example", noon(2026, 4, 2)));
+        assert_eq!(writer.sandboxes.len(), 2);
+        writer.flush();
+        assert_eq!(writer.take_error(), None);
+        let beta = read(
+            &sandbox_log_dir(tmp.path(), "beta"),
+            "portcullis.2026-04-02.log",
+        );
+        assert_eq!(beta.lines().count(), 1);
+    }
+
+    #[test]
+    fn open_sandbox_files_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut writer = Writer::new(config(tmp.path(), 3, 1));
+        let t = noon(2026, 4, 3);
+        for i in 0..(MAX_OPEN_SANDBOX_FILES + 5) {
+            writer.write(&denial(&format!("sb{i}"), "a.example", t));
+        }
+        assert_eq!(writer.sandboxes.len(), MAX_OPEN_SANDBOX_FILES);
+        // The least recently written were closed first.
+        assert!(!writer.sandboxes.contains_key("sb0"));
+        assert!(writer.sandboxes.contains_key("sb5"));
+        // A closed sandbox reopens and appends.
+        writer.write(&denial("sb0", "again.example", t));
+        writer.flush();
+        assert_eq!(writer.take_error(), None);
+        let sb0 = read(
+            &sandbox_log_dir(tmp.path(), "sb0"),
+            "portcullis.2026-04-03.log",
+        );
+        assert_eq!(sb0.lines().count(), 2);
     }
 
     #[tokio::test]

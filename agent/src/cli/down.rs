@@ -9,31 +9,39 @@ use crate::{
     config::AgentConfig,
     daemon::require_root,
     datapath::{self, PinLayout},
-    sandbox::{Registry, cgroup},
+    sandbox::cgroup,
+    store::{ChangeSet, SqliteStore, Store, legacy},
 };
 
-pub fn run(config: &AgentConfig) -> Result<ExitCode> {
+pub async fn run(config: &AgentConfig) -> Result<ExitCode> {
     require_root("`portcullis down`")?;
     stop_agent(config)?;
     let pins = PinLayout::new(&config.bpffs_dir);
     let cgroup_root = cgroup::cgroup2_root()?;
-    let registry = Registry::open(&config.state_dir)?;
+    let store = SqliteStore::open(&config.state_dir).await?;
+    // State of an older version still counts: it names pins and cgroups.
+    legacy::import_legacy(&store, &config.state_dir).await?;
     let mut removed = 0;
-    for record in registry.list() {
+    for row in store.sandboxes().await? {
+        let record = &row.record;
         // Owned sandboxes: kill first, so nothing runs uncaptured.
         if !record.adopted {
             cgroup::kill_and_remove(&record.cgroup_path)
                 .with_context(|| format!("removing sandbox {}", record.name))?;
         }
         datapath::detach_sandbox(&pins, record.name.as_str())?;
+        let mut change = ChangeSet::for_sandbox(record.name.as_str());
+        change.delete_sandbox = true;
+        store.commit(change).await?;
         removed += 1;
     }
     pins.remove_all()?;
     let parent = cgroup_root.join(&config.cgroup_parent);
     cgroup::kill_and_remove(&parent)?;
-    let _ = std::fs::remove_file(config.state_dir.join("sandboxes.json"));
     let _ = std::fs::remove_dir_all(&config.run_dir);
-    println!("portcullis is down: {removed} sandboxes removed, programs detached, pins removed");
+    println!(
+        "portcullis is down: {removed} sandboxes removed with their policies and drafts, programs detached, pins removed"
+    );
     println!(
         "kept: {} (CA) and {} (audit logs)",
         config.ca_dir().display(),

@@ -3,6 +3,7 @@
 mod down;
 mod logs;
 mod policy;
+pub mod rule;
 mod run;
 mod sandbox;
 mod status;
@@ -43,6 +44,10 @@ enum Command {
     /// Manage sandbox policies: set (hot reload), get, list, history.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Review what agents proposed: get, approve, reject, approve-all,
+    /// undo, clear, history, watch.
+    #[command(subcommand, alias = "draft")]
+    Rule(rule::RuleCommand),
     /// Show a sandbox's audit events.
     Logs(logs::LogsArgs),
     /// Stop the agent and remove programs, pins and sandbox cgroups.
@@ -67,7 +72,8 @@ pub fn main() -> Result<ExitCode> {
         Command::Sandbox(cmd) => runtime.block_on(sandbox::run(&config, cmd)),
         Command::Run(args) => runtime.block_on(run::run(&config, args)),
         Command::Policy(cmd) => runtime.block_on(policy::run(&config, cmd)),
+        Command::Rule(cmd) => runtime.block_on(rule::run(&config, cmd)),
         Command::Logs(args) => logs::run(&config, args),
-        Command::Down => down::run(&config),
+        Command::Down => runtime.block_on(down::run(&config)),
     }
 }

@@ -16,6 +16,17 @@ pub enum SandboxCommand {
         /// Policy YAML; without one the sandbox denies all egress.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// How proposals from the sandbox are decided: `manual` (an
+        /// operator approves each) or `auto` (chunks with no new findings
+        /// and no security notes are approved at once).
+        #[arg(long, value_parser = ["manual", "auto"], default_value = "manual")]
+        approval_mode: String,
+    },
+    /// Change how a sandbox's proposals are decided: manual or auto.
+    ApprovalMode {
+        name: String,
+        #[arg(value_parser = ["manual", "auto"])]
+        mode: String,
     },
     /// Put an existing cgroup (for example a container's) under Portcullis.
     Adopt {
@@ -52,21 +63,37 @@ fn read_policy(path: &Option<PathBuf>) -> Result<(String, String)> {
 pub async fn run(config: &AgentConfig, cmd: SandboxCommand) -> Result<ExitCode> {
     let mut client = client::connect(&config.control_socket()).await?;
     match cmd {
-        SandboxCommand::Create { name, policy } => {
+        SandboxCommand::Create {
+            name,
+            policy,
+            approval_mode,
+        } => {
             let (policy_yaml, policy_source) = read_policy(&policy)?;
             let s = client
                 .create_sandbox(pb::CreateSandboxRequest {
                     name,
                     policy_yaml,
                     policy_source,
+                    approval_mode,
                 })
                 .await
                 .map_err(client::status_error)?
                 .into_inner();
             println!(
-                "created sandbox {} (cgroup {}, {} programs attached)",
-                s.name, s.cgroup_path, s.links_attached
+                "created sandbox {} (cgroup {}, {} programs attached, approval mode {})",
+                s.name, s.cgroup_path, s.links_attached, s.approval_mode
             );
+        }
+        SandboxCommand::ApprovalMode { name, mode } => {
+            let s = client
+                .set_approval_mode(pb::SetApprovalModeRequest {
+                    sandbox: name,
+                    approval_mode: mode,
+                })
+                .await
+                .map_err(client::status_error)?
+                .into_inner();
+            println!("sandbox {}: approval mode {}", s.name, s.approval_mode);
         }
         SandboxCommand::Adopt {
             name,

@@ -13,11 +13,14 @@ use super::pb::{self, control_server::ControlServer};
 use crate::{
     daemon::{
         Agent, SandboxView,
+        drafts::{self, OpError},
         policies::{Revision, Snapshot},
         sandboxes::{self, NewSandbox},
     },
     datapath::COUNTER_NAMES,
+    drafts::{Chunk, ChunkStatus, engine::DraftError},
     sandbox::cgroup,
+    store::ApprovalMode,
 };
 
 pub async fn serve(agent: Arc<Agent>) -> Result<JoinHandle<()>> {
@@ -73,10 +76,86 @@ struct ControlService {
 
 impl ControlService {
     async fn create(&self, req: NewSandbox) -> Result<Response<pb::Sandbox>, Status> {
-        let agent = self.agent.clone();
-        let view = blocking(move || sandboxes::create(&agent, req)).await?;
+        let view = sandboxes::create(&self.agent, req).await.map_err(failed)?;
         Ok(Response::new(to_pb(&self.agent, &view)))
     }
+}
+
+/// Who made a control call, for the draft history.
+fn actor<T>(req: &Request<T>) -> String {
+    let uid = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
+    match uid {
+        Some(uid) => format!("operator:uid={uid}"),
+        None => "operator".into(),
+    }
+}
+
+fn approval_mode(text: &str) -> Result<ApprovalMode, Status> {
+    if text.is_empty() {
+        return Ok(ApprovalMode::Manual);
+    }
+    ApprovalMode::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn op_status(e: OpError) -> Status {
+    match e {
+        OpError::Draft(DraftError::NotFound(m)) => Status::not_found(m),
+        OpError::Draft(DraftError::FailedPrecondition(m)) => Status::failed_precondition(m),
+        OpError::Draft(DraftError::InvalidArgument(m)) => Status::invalid_argument(m),
+        OpError::Internal(e) => Status::internal(format!("{e:#}")),
+    }
+}
+
+/// A chunk as operators see it; security notes recomputed on every read.
+pub fn chunk_pb(c: &Chunk) -> pb::DraftChunk {
+    pb::DraftChunk {
+        id: c.id.clone(),
+        status: c.status.as_str().to_string(),
+        rule_name: c.rule_name.clone(),
+        proposed_rule_json: c.proposed_rule.to_string(),
+        rationale: c.rationale.clone(),
+        security_notes: crate::drafts::engine::security_notes(c).join(" "),
+        confidence: c.confidence as f32,
+        created_at_ms: c.created_at_ms,
+        decided_at_ms: c.decided_at_ms.unwrap_or_default(),
+        stage: c.stage.clone(),
+        hit_count: c.hit_count,
+        first_seen_ms: c.first_seen_ms,
+        last_seen_ms: c.last_seen_ms,
+        binary: c.binary.clone(),
+        validation_result: c.validation_result.clone(),
+        rejection_reason: c.rejection_reason.clone(),
+        application_error: c.application_error.clone(),
+        review_token: c.review_token.clone(),
+        current_effective_policy_hash: c.current_effective_policy_hash.clone(),
+        candidate_effective_policy_hash: c.candidate_effective_policy_hash.clone(),
+        sandbox: c.sandbox.clone(),
+        analysis_mode: c.analysis_mode.clone(),
+        approved_policy_version: c.approved_policy_version.unwrap_or_default(),
+    }
+}
+
+fn sandbox_view(agent: &Agent, name: &str) -> Result<SandboxView, Status> {
+    agent
+        .sandboxes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no sandbox named `{name}` (see `portcullis sandbox list`)"
+            ))
+        })
+}
+
+/// The revision in force, as a reply to a decision.
+fn current_pb(agent: &Agent, name: &str) -> Result<pb::PolicyRevision, Status> {
+    Ok(snapshot_pb(name, &sandbox_view(agent, name)?.snapshot()))
 }
 
 fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
@@ -97,6 +176,8 @@ fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
         trust_bundle: agent.config.trust_bundle().display().to_string(),
         policy_version: snapshot.version,
         policy_hash: snapshot.hash.clone(),
+        approval_mode: view.approval_mode.as_str().to_string(),
+        pending_chunks: 0,
     }
 }
 
@@ -141,17 +222,6 @@ fn failed(e: anyhow::Error) -> Status {
     } else {
         Status::failed_precondition(text)
     }
-}
-
-/// Sandbox changes touch the kernel and the disk: keep them off the
-/// async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(failed)
 }
 
 #[tonic::async_trait]
@@ -216,6 +286,7 @@ impl pb::control_server::Control for ControlService {
             adopt: None,
             policy_yaml: Some(req.policy_yaml),
             policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
+            approval_mode: approval_mode(&req.approval_mode)?,
         })
         .await
     }
@@ -230,6 +301,7 @@ impl pb::control_server::Control for ControlService {
             adopt: Some(req.cgroup_path.into()),
             policy_yaml: Some(req.policy_yaml),
             policy_source: Some(req.policy_source).filter(|s| !s.is_empty()),
+            approval_mode: ApprovalMode::Manual,
         })
         .await
     }
@@ -239,8 +311,9 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::DeleteSandboxRequest>,
     ) -> Result<Response<pb::DeleteSandboxReply>, Status> {
         let name = req.into_inner().name;
-        let agent = self.agent.clone();
-        let killed = blocking(move || sandboxes::delete(&agent, &name)).await?;
+        let killed = sandboxes::delete(&self.agent, &name)
+            .await
+            .map_err(failed)?;
         Ok(Response::new(pb::DeleteSandboxReply {
             processes_killed: killed,
         }))
@@ -283,17 +356,15 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::PolicyRevision>, Status> {
         let req = req.into_inner();
-        let agent = self.agent.clone();
         let sandbox = req.sandbox.clone();
         let source = if req.source.is_empty() {
             "policy set".to_string()
         } else {
             req.source
         };
-        let set = blocking(move || {
-            sandboxes::set_policy(&agent, &req.sandbox, &source, &req.policy_yaml)
-        })
-        .await?;
+        let set = sandboxes::set_policy(&self.agent, &req.sandbox, &source, &req.policy_yaml)
+            .await
+            .map_err(failed)?;
         let mut reply = snapshot_pb(&sandbox, &set.snapshot);
         reply.unchanged = set.unchanged;
         Ok(Response::new(reply))
@@ -304,27 +375,19 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyReply>, Status> {
         let req = req.into_inner();
-        let index = self
-            .agent
-            .sandboxes
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let view = index.get(&req.sandbox).ok_or_else(|| {
-            Status::not_found(format!(
-                "no sandbox named `{}` (see `portcullis sandbox list`)",
-                req.sandbox
-            ))
-        })?;
-        let snapshot = view.snapshot();
+        let snapshot = sandbox_view(&self.agent, &req.sandbox)?.snapshot();
         let mut reply = pb::GetPolicyReply {
             revision: Some(snapshot_pb(&req.sandbox, &snapshot)),
             ..Default::default()
         };
         if req.full {
-            reply.yaml = index
-                .policies
-                .current(&req.sandbox)
-                .and_then(|r| r.yaml.clone())
+            reply.yaml = self
+                .agent
+                .store
+                .current_revision(&req.sandbox)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .and_then(|r| r.yaml)
                 .unwrap_or_default();
             reply.canonical_json =
                 serde_json::to_string_pretty(&snapshot.policy.canonical_json()).unwrap_or_default();
@@ -354,9 +417,255 @@ impl pb::control_server::Control for ControlService {
         req: Request<pb::PolicyHistoryRequest>,
     ) -> Result<Response<pb::PolicyHistoryReply>, Status> {
         let sandbox = req.into_inner().sandbox;
-        let revisions = sandboxes::history(&self.agent, &sandbox).map_err(failed)?;
+        let revisions = sandboxes::history(&self.agent, &sandbox)
+            .await
+            .map_err(failed)?;
         Ok(Response::new(pb::PolicyHistoryReply {
             revisions: revisions.iter().map(|r| revision_pb(&sandbox, r)).collect(),
+        }))
+    }
+
+    async fn set_approval_mode(
+        &self,
+        req: Request<pb::SetApprovalModeRequest>,
+    ) -> Result<Response<pb::Sandbox>, Status> {
+        let req = req.into_inner();
+        let mode = ApprovalMode::parse(&req.approval_mode)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let view = sandboxes::set_approval_mode(&self.agent, &req.sandbox, mode)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(to_pb(&self.agent, &view)))
+    }
+
+    async fn get_draft_policy(
+        &self,
+        req: Request<pb::GetDraftPolicyRequest>,
+    ) -> Result<Response<pb::GetDraftPolicyReply>, Status> {
+        let req = req.into_inner();
+        let view = sandbox_view(&self.agent, &req.sandbox)?;
+        let status = match req.status_filter.as_str() {
+            "" => None,
+            s => Some(ChunkStatus::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!("status `{s}`: use pending, approved or rejected"))
+            })?),
+        };
+        let chunks = self
+            .agent
+            .store
+            .chunks(&req.sandbox, status)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let snapshot = view.snapshot();
+        Ok(Response::new(pb::GetDraftPolicyReply {
+            draft_version: snapshot.version + 1,
+            last_analyzed_at_ms: chunks.iter().map(|c| c.created_at_ms).max().unwrap_or(0),
+            chunks: chunks.iter().map(chunk_pb).collect(),
+            policy_version: snapshot.version,
+            approval_mode: view.approval_mode.as_str().to_string(),
+        }))
+    }
+
+    async fn approve_draft_chunk(
+        &self,
+        req: Request<pb::ApproveDraftChunkRequest>,
+    ) -> Result<Response<pb::PolicyRevision>, Status> {
+        let actor = actor(&req);
+        let req = req.into_inner();
+        drafts::approve(
+            &self.agent,
+            &req.sandbox,
+            &req.chunk_id,
+            &req.review_token,
+            &actor,
+        )
+        .await
+        .map_err(op_status)?;
+        Ok(Response::new(current_pb(&self.agent, &req.sandbox)?))
+    }
+
+    async fn reject_draft_chunk(
+        &self,
+        req: Request<pb::RejectDraftChunkRequest>,
+    ) -> Result<Response<pb::RejectDraftChunkReply>, Status> {
+        let actor = actor(&req);
+        let req = req.into_inner();
+        let before = sandbox_view(&self.agent, &req.sandbox)?.snapshot().version;
+        drafts::reject(
+            &self.agent,
+            &req.sandbox,
+            &req.chunk_id,
+            &req.reason,
+            &actor,
+        )
+        .await
+        .map_err(op_status)?;
+        self.decided(&req.sandbox, &req.chunk_id, before).await
+    }
+
+    async fn undo_draft_chunk(
+        &self,
+        req: Request<pb::UndoDraftChunkRequest>,
+    ) -> Result<Response<pb::RejectDraftChunkReply>, Status> {
+        let actor = actor(&req);
+        let req = req.into_inner();
+        let before = sandbox_view(&self.agent, &req.sandbox)?.snapshot().version;
+        drafts::undo(&self.agent, &req.sandbox, &req.chunk_id, &actor)
+            .await
+            .map_err(op_status)?;
+        self.decided(&req.sandbox, &req.chunk_id, before).await
+    }
+
+    async fn approve_all_draft_chunks(
+        &self,
+        req: Request<pb::ApproveAllDraftChunksRequest>,
+    ) -> Result<Response<pb::ApproveAllDraftChunksReply>, Status> {
+        let actor = actor(&req);
+        let req = req.into_inner();
+        let approvals: Vec<(String, String)> = req
+            .approvals
+            .into_iter()
+            .map(|a| (a.chunk_id, a.review_token))
+            .collect();
+        let summary = drafts::approve_all(
+            &self.agent,
+            &req.sandbox,
+            req.include_security_flagged,
+            &approvals,
+            &actor,
+        )
+        .await
+        .map_err(op_status)?;
+        let revision = if summary.approved.is_empty() {
+            None
+        } else {
+            Some(current_pb(&self.agent, &req.sandbox)?)
+        };
+        Ok(Response::new(pb::ApproveAllDraftChunksReply {
+            revision,
+            chunks_approved: summary.approved.len() as u32,
+            chunks_skipped: summary.skipped.len() as u32,
+            skipped: summary
+                .skipped
+                .into_iter()
+                .map(|(chunk_id, reason)| pb::SkippedChunk { chunk_id, reason })
+                .collect(),
+        }))
+    }
+
+    async fn clear_draft_chunks(
+        &self,
+        req: Request<pb::ClearDraftChunksRequest>,
+    ) -> Result<Response<pb::ClearDraftChunksReply>, Status> {
+        let actor = actor(&req);
+        let sandbox = req.into_inner().sandbox;
+        let cleared = drafts::clear(&self.agent, &sandbox, &actor)
+            .await
+            .map_err(op_status)?;
+        Ok(Response::new(pb::ClearDraftChunksReply {
+            chunks_cleared: cleared as u32,
+        }))
+    }
+
+    async fn get_draft_history(
+        &self,
+        req: Request<pb::GetDraftHistoryRequest>,
+    ) -> Result<Response<pb::GetDraftHistoryReply>, Status> {
+        let sandbox = req.into_inner().sandbox;
+        sandbox_view(&self.agent, &sandbox)?;
+        let entries = self
+            .agent
+            .store
+            .history(&sandbox)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::GetDraftHistoryReply {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::DraftHistoryEntry {
+                    timestamp_ms: e.timestamp_ms,
+                    event_type: e.event_type,
+                    description: e.description,
+                    chunk_id: e.chunk_id,
+                    actor: e.actor,
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchDraftsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DraftUpdate, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_drafts(
+        &self,
+        req: Request<pb::WatchDraftsRequest>,
+    ) -> Result<Response<Self::WatchDraftsStream>, Status> {
+        let filter = req.into_inner().sandbox;
+        // Subscribe first, then read what is pending: nothing falls between.
+        let live = self.agent.drafts.subscribe();
+        let names: Vec<String> = if filter.is_empty() {
+            let index = self
+                .agent
+                .sandboxes
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            index.list().map(|v| v.record.name.to_string()).collect()
+        } else {
+            sandbox_view(&self.agent, &filter)?;
+            vec![filter.clone()]
+        };
+        let mut pending = Vec::new();
+        for name in names {
+            let chunks = self
+                .agent
+                .store
+                .chunks(&name, Some(ChunkStatus::Pending))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            pending.extend(chunks.into_iter().rev().map(|c| {
+                Ok(pb::DraftUpdate {
+                    sandbox: name.clone(),
+                    chunk: Some(chunk_pb(&c)),
+                    change: "snapshot".into(),
+                })
+            }));
+        }
+        let updates = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(move |u| {
+            match u {
+                Ok(u) if filter.is_empty() || u.sandbox == filter => Some(Ok(pb::DraftUpdate {
+                    sandbox: u.sandbox,
+                    chunk: Some(chunk_pb(&u.chunk)),
+                    change: u.change.to_string(),
+                })),
+                Ok(_) => None,
+                // A watcher too slow to keep up is told so; it re-reads.
+                Err(_) => Some(Err(Status::data_loss(
+                    "missed draft updates; watch again to resynchronise",
+                ))),
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(pending).chain(updates),
+        )))
+    }
+}
+
+impl ControlService {
+    /// The chunk after a decision, and the revision if the policy changed.
+    async fn decided(
+        &self,
+        sandbox: &str,
+        chunk_id: &str,
+        version_before: u64,
+    ) -> Result<Response<pb::RejectDraftChunkReply>, Status> {
+        let chunk = drafts::chunk(&self.agent, sandbox, chunk_id)
+            .await
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        let current = current_pb(&self.agent, sandbox)?;
+        Ok(Response::new(pb::RejectDraftChunkReply {
+            chunk: chunk.as_ref().map(chunk_pb),
+            revision: (current.version != version_before).then_some(current),
         }))
     }
 }

@@ -1,6 +1,7 @@
 //! `portcullis agent`: the long-running daemon. It owns the datapath, the
 //! sandboxes, the proxy and DNS listeners and the control socket.
 
+pub mod drafts;
 mod events;
 pub mod policies;
 pub mod sandboxes;
@@ -31,6 +32,7 @@ use crate::{
     },
     identity::ProcessTable,
     sandbox::cgroup,
+    store::Store,
     tls::CertificateAuthority,
 };
 
@@ -74,6 +76,13 @@ pub struct Agent {
     pub leaves: Option<Arc<crate::tls::leaf::LeafCache>>,
     /// Upstream TLS client configs by the ALPN list they offer.
     upstream_tls: std::collections::HashMap<Vec<Vec<u8>>, Arc<rustls::ClientConfig>>,
+    /// Sandboxes, policy revisions, chunks and decisions, durably.
+    pub store: Arc<dyn Store>,
+    /// Serialises every change to sandboxes, policies and chunks, so each
+    /// operation sees what the previous one committed.
+    pub writer: tokio::sync::Mutex<()>,
+    /// Chunks as they are proposed and decided: `WatchDrafts`, `/wait`.
+    pub drafts: tokio::sync::broadcast::Sender<drafts::DraftUpdate>,
 }
 
 /// Preconditions every privileged command shares, with errors that say
@@ -199,7 +208,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         &[crate::deny::routes::HOST],
     )?);
     let resolver = Arc::new(HostsThenSystem::with_etc_hosts(hosts)?);
-    let index = SandboxIndex::open(&config, &cgroup_root)?;
+    let store = crate::store::SqliteStore::open(&config.state_dir).await?;
+    let imported = crate::store::legacy::import_legacy(&store, &config.state_dir).await?;
+    if imported > 0 {
+        log::info!("imported {imported} sandbox(es) from the JSON state of an earlier version");
+    }
+    let index = SandboxIndex::new(&config, &cgroup_root);
     let agent = Arc::new(Agent {
         config: config.clone(),
         cgroup_root,
@@ -216,10 +230,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         dns_addrs: dns_addrs.clone(),
         leaves,
         upstream_tls,
+        store: Arc::new(store),
+        writer: tokio::sync::Mutex::new(()),
+        drafts: drafts::update_channel(),
     });
     // Re-attach sandboxes of a previous run: pinned links are kept as they
     // are; anything missing (a fresh bpffs after reboot) is attached again.
-    sandboxes::restore(&agent)?;
+    sandboxes::restore(&agent).await?;
 
     let responder = Arc::new(DnsResponder::new(
         Arc::new(SyntheticAnswers(pools)),

@@ -13,14 +13,15 @@ use tokio::sync::watch;
 
 use super::{
     Agent,
-    policies::{PolicyStore, Revision, Snapshot, Submitted},
+    drafts::policy_facts,
+    policies::{self, Candidate, Revision, Snapshot},
 };
 use crate::{
     audit::{ConfigStateChange, PolicyFacts, PolicyLoad},
     config::AgentConfig,
     datapath,
-    policy::Policy,
-    sandbox::{Registry, SandboxName, SandboxRecord, cgroup},
+    sandbox::{SandboxName, SandboxRecord, cgroup},
+    store::{ApprovalMode, ChangeSet, SandboxRow},
 };
 
 /// A live sandbox.
@@ -33,6 +34,7 @@ pub struct SandboxView {
     /// The snapshot in force; relays subscribe to learn of reloads.
     pub policy: Arc<watch::Sender<Arc<Snapshot>>>,
     pub links: u32,
+    pub approval_mode: ApprovalMode,
 }
 
 impl SandboxView {
@@ -41,9 +43,9 @@ impl SandboxView {
     }
 }
 
+/// The live sandboxes, for lookups on the connection path. The store is
+/// the durable record; this index mirrors what is attached.
 pub struct SandboxIndex {
-    registry: Registry,
-    pub policies: PolicyStore,
     live: HashMap<String, SandboxView>,
     by_cgroup: HashMap<u64, String>,
     /// Absolute directory that holds owned sandbox cgroups.
@@ -52,15 +54,13 @@ pub struct SandboxIndex {
 }
 
 impl SandboxIndex {
-    pub fn open(config: &AgentConfig, cgroup_root: &Path) -> Result<Self> {
-        Ok(Self {
-            registry: Registry::open(&config.state_dir)?,
-            policies: PolicyStore::open(&config.state_dir)?,
+    pub fn new(config: &AgentConfig, cgroup_root: &Path) -> Self {
+        Self {
             live: HashMap::new(),
             by_cgroup: HashMap::new(),
             parent: cgroup_root.join(&config.cgroup_parent),
             cgroup_root: cgroup_root.to_path_buf(),
-        })
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&SandboxView> {
@@ -113,22 +113,9 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn policy_facts(sandbox: &str, snapshot: &Snapshot) -> PolicyFacts {
-    PolicyFacts {
-        sandbox: sandbox.to_string(),
-        path: Some(snapshot.source.clone()),
-        version: Some(snapshot.version.to_string()),
-        hash: Some(snapshot.hash.clone()),
-    }
-}
-
 /// Attaches and registers one sandbox whose cgroup exists.
-fn bring_up(
-    agent: &Agent,
-    index: &mut SandboxIndex,
-    record: SandboxRecord,
-    snapshot: Arc<Snapshot>,
-) -> Result<SandboxView> {
+fn bring_up(agent: &Agent, row: SandboxRow, snapshot: Arc<Snapshot>) -> Result<SandboxView> {
+    let record = row.record;
     let cgroup_id = cgroup::cgroup_id(&record.cgroup_path)?;
     let links = {
         let mut dp = agent.datapath.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,12 +123,14 @@ fn bring_up(
         dp.register_cgroup(cgroup_id, record.id)?;
         links
     };
+    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
     let view = SandboxView {
         cgroup_rel: index.relative(&record.cgroup_path),
         record,
         cgroup_id,
         policy: Arc::new(watch::Sender::new(snapshot)),
         links,
+        approval_mode: row.approval_mode,
     };
     index
         .by_cgroup
@@ -152,35 +141,35 @@ fn bring_up(
     Ok(view)
 }
 
-/// Brings back every registered sandbox after a start.
-pub fn restore(agent: &Agent) -> Result<()> {
-    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
-    let records: Vec<SandboxRecord> = index.registry.list().cloned().collect();
-    for record in records {
+fn log_loaded(agent: &Agent, name: &str, snapshot: &Snapshot, load: PolicyLoad) {
+    if snapshot.version > 0 {
+        agent
+            .audit
+            .log(ConfigStateChange::policy_loaded(&policy_facts(name, snapshot), load).into());
+    }
+}
+
+/// Brings back every stored sandbox after a start.
+pub async fn restore(agent: &Agent) -> Result<()> {
+    let _writer = agent.writer.lock().await;
+    for row in agent.store.sandboxes().await? {
+        let record = &row.record;
+        let name = record.name.to_string();
         if !record.cgroup_path.exists() {
             if record.adopted {
                 log::warn!(
-                    "sandbox {}: adopted cgroup {} is gone; delete the sandbox or adopt it again",
-                    record.name,
+                    "sandbox {name}: adopted cgroup {} is gone; delete the sandbox or adopt it again",
                     record.cgroup_path.display()
                 );
                 continue;
             }
             cgroup::create(&record.cgroup_path)?;
         }
-        let name = record.name.to_string();
-        let snapshot = index.policies.current_snapshot(&name)?;
-        if snapshot.version > 0 {
-            agent.audit.log(
-                ConfigStateChange::policy_loaded(
-                    &policy_facts(&name, &snapshot),
-                    PolicyLoad::Initial,
-                )
-                .into(),
-            );
-        }
-        let view = bring_up(agent, &mut index, record, snapshot)
-            .with_context(|| format!("restoring sandbox {name}"))?;
+        let current = agent.store.current_revision(&name).await?;
+        let snapshot = policies::snapshot_of(&name, current.as_ref())?;
+        log_loaded(agent, &name, &snapshot, PolicyLoad::Initial);
+        let view =
+            bring_up(agent, row, snapshot).with_context(|| format!("restoring sandbox {name}"))?;
         log::info!("sandbox {name}: {} programs attached", view.links);
     }
     Ok(())
@@ -192,64 +181,72 @@ pub struct NewSandbox {
     pub adopt: Option<PathBuf>,
     pub policy_yaml: Option<String>,
     pub policy_source: Option<String>,
+    pub approval_mode: ApprovalMode,
 }
 
-pub fn create(agent: &Agent, req: NewSandbox) -> Result<SandboxView> {
+pub async fn create(agent: &Agent, req: NewSandbox) -> Result<SandboxView> {
     let name = SandboxName::try_from(req.name.as_str())?;
     let policy_yaml = req.policy_yaml.filter(|y| !y.trim().is_empty());
     let source = req.policy_source.unwrap_or_else(|| "sandbox create".into());
+    let _writer = agent.writer.lock().await;
     // Validate before touching the system.
-    if let Some(yaml) = &policy_yaml {
-        Policy::parse(&source, yaml)?;
-    }
-    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
-    if index.registry.get(name.as_str()).is_some() {
+    let candidate = match &policy_yaml {
+        Some(yaml) => {
+            match policies::candidate(0, &Snapshot::deny_all(), &source, "sandbox create", yaml) {
+                Candidate::Failed { error, .. } => bail!(error),
+                other => Some(other),
+            }
+        }
+        None => None,
+    };
+    if agent
+        .store
+        .sandboxes()
+        .await?
+        .iter()
+        .any(|r| r.record.name == name)
+    {
         bail!("sandbox `{name}` already exists; delete it first or pick another name");
     }
-    let cgroup_path = match &req.adopt {
-        Some(path) => adoptable(&index, path)?,
-        None => {
-            let path = index.parent.join(name.as_str());
-            cgroup::create(&path)?;
-            path
+    let cgroup_path = {
+        let index = agent.sandboxes.read().unwrap_or_else(|p| p.into_inner());
+        match &req.adopt {
+            Some(path) => adoptable(&index, path)?,
+            None => index.parent.join(name.as_str()),
         }
     };
-    let record = SandboxRecord {
-        name: name.clone(),
-        id: index.registry.next_id(),
-        cgroup_path,
-        adopted: req.adopt.is_some(),
-        created_unix: now_unix(),
-    };
-    // A stale history (a sandbox of the same name deleted while the agent
-    // was down) must not leak into the new sandbox.
-    index.policies.remove(name.as_str())?;
-    let snapshot = match &policy_yaml {
-        Some(yaml) => match index.policies.submit(name.as_str(), &source, yaml)? {
-            Submitted::Loaded { snapshot, .. } => snapshot,
-            Submitted::Failed { error, .. } => bail!(error),
+    if req.adopt.is_none() {
+        cgroup::create(&cgroup_path)?;
+    }
+    let row = SandboxRow {
+        record: SandboxRecord {
+            name: name.clone(),
+            id: agent.store.allocate_sandbox_id().await?,
+            cgroup_path,
+            adopted: req.adopt.is_some(),
+            created_unix: now_unix(),
         },
-        None => Snapshot::deny_all(),
+        approval_mode: req.approval_mode,
+    };
+    let (snapshot, revision) = match candidate {
+        Some(Candidate::Load { snapshot, revision }) => (snapshot, Some(revision)),
+        _ => (Snapshot::deny_all(), None),
     };
     // Persist first: if attaching fails half-way, a restart or delete
     // still knows about the pins to clean up.
-    index.registry.insert(record.clone())?;
-    match bring_up(agent, &mut index, record, snapshot.clone()) {
+    let mut change = ChangeSet::for_sandbox(name.as_str());
+    change.create_sandbox = Some(row.clone());
+    change.revision = revision;
+    agent.store.commit(change).await?;
+    match bring_up(agent, row, snapshot.clone()) {
         Ok(view) => {
-            if snapshot.version > 0 {
-                agent.audit.log(
-                    ConfigStateChange::policy_loaded(
-                        &policy_facts(name.as_str(), &snapshot),
-                        PolicyLoad::Initial,
-                    )
-                    .into(),
-                );
-            }
+            log_loaded(agent, name.as_str(), &snapshot, PolicyLoad::Initial);
             Ok(view)
         }
         Err(e) => {
-            drop(index);
-            let _ = delete(agent, name.as_str());
+            if let Err(cleanup) = remove(agent, name.as_str()).await {
+                log::warn!("sandbox {name}: cleanup after a failed create: {cleanup:#}");
+            }
             Err(e)
         }
     }
@@ -284,11 +281,22 @@ fn adoptable(index: &SandboxIndex, path: &Path) -> Result<PathBuf> {
 }
 
 /// Kills and removes the cgroup (owned sandboxes only), detaches, forgets.
-pub fn delete(agent: &Agent, name: &str) -> Result<u32> {
-    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
-    let Some(record) = index.registry.get(name).cloned() else {
+pub async fn delete(agent: &Agent, name: &str) -> Result<u32> {
+    let _writer = agent.writer.lock().await;
+    remove(agent, name).await
+}
+
+async fn remove(agent: &Agent, name: &str) -> Result<u32> {
+    let Some(row) = agent
+        .store
+        .sandboxes()
+        .await?
+        .into_iter()
+        .find(|r| r.record.name.as_str() == name)
+    else {
         bail!("no sandbox named `{name}` (see `portcullis sandbox list`)");
     };
+    let record = row.record;
     // Owned sandboxes: kill first, so no process is ever running without
     // its programs attached.
     let killed = if record.adopted {
@@ -297,17 +305,17 @@ pub fn delete(agent: &Agent, name: &str) -> Result<u32> {
         cgroup::kill_and_remove(&record.cgroup_path)?
     };
     {
+        let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
         let mut dp = agent.datapath.lock().unwrap_or_else(|p| p.into_inner());
         datapath::detach_sandbox(dp.pins(), name)?;
-        if let Some(view) = index.live.get(name) {
+        if let Some(view) = index.live.remove(name) {
             dp.unregister_cgroup(view.cgroup_id);
+            index.by_cgroup.remove(&view.cgroup_id);
         }
     }
-    if let Some(view) = index.live.remove(name) {
-        index.by_cgroup.remove(&view.cgroup_id);
-    }
-    index.registry.remove(name)?;
-    index.policies.remove(name)?;
+    let mut change = ChangeSet::for_sandbox(name);
+    change.delete_sandbox = true;
+    agent.store.commit(change).await?;
     agent.pools.forget(record.id);
     Ok(killed)
 }
@@ -318,48 +326,66 @@ pub struct PolicySet {
     pub unchanged: bool,
 }
 
+fn live(agent: &Agent, name: &str) -> Result<SandboxView> {
+    agent
+        .sandboxes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .with_context(|| format!("no sandbox named `{name}` (see `portcullis sandbox list`)"))
+}
+
 /// Validates a candidate and, if valid, swaps it in atomically. An invalid
 /// candidate is recorded as failed and the snapshot in force stays.
-pub fn set_policy(agent: &Agent, name: &str, source: &str, yaml: &str) -> Result<PolicySet> {
-    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
-    let Some(view) = index.live.get(name).cloned() else {
-        bail!("no sandbox named `{name}` (see `portcullis sandbox list`)");
-    };
-    match index.policies.submit(name, source, yaml)? {
-        Submitted::Loaded {
+pub async fn set_policy(agent: &Agent, name: &str, source: &str, yaml: &str) -> Result<PolicySet> {
+    let _writer = agent.writer.lock().await;
+    let view = live(agent, name)?;
+    let latest = agent
+        .store
+        .revisions(name)
+        .await?
+        .last()
+        .map_or(0, |r| r.version);
+    let current = view.snapshot();
+    match policies::candidate(latest, &current, source, "operator", yaml) {
+        Candidate::Unchanged(snapshot) => Ok(PolicySet {
             snapshot,
-            unchanged,
-        } => {
-            if !unchanged {
-                for w in snapshot.policy.warnings() {
-                    log::warn!("sandbox {name}: {w}");
-                }
-                // Relays authorised under the old snapshot re-check now.
-                view.policy.send_replace(snapshot.clone());
-                agent.audit.log(
-                    ConfigStateChange::policy_loaded(
-                        &policy_facts(name, &snapshot),
-                        PolicyLoad::Reload,
-                    )
-                    .into(),
-                );
+            unchanged: true,
+        }),
+        Candidate::Load { snapshot, revision } => {
+            let mut change = ChangeSet::for_sandbox(name);
+            change.expect_latest_version = Some(latest);
+            change.revision = Some(revision);
+            agent.store.commit(change).await?;
+            for w in snapshot.policy.warnings() {
+                log::warn!("sandbox {name}: {w}");
+            }
+            // Relays authorised under the old snapshot re-check now.
+            view.policy.send_replace(snapshot.clone());
+            log_loaded(agent, name, &snapshot, PolicyLoad::Reload);
+            if let Err(e) = super::drafts::after_policy_change(agent, name).await {
+                log::warn!("sandbox {name}: pending chunks not re-evaluated: {e}");
             }
             Ok(PolicySet {
                 snapshot,
-                unchanged,
+                unchanged: false,
             })
         }
-        Submitted::Failed { revision, error } => {
+        Candidate::Failed { revision, error } => {
             let facts = PolicyFacts {
                 sandbox: name.to_string(),
                 path: Some(source.to_string()),
                 version: Some(revision.version.to_string()),
                 hash: None,
             };
+            let mut change = ChangeSet::for_sandbox(name);
+            change.expect_latest_version = Some(latest);
+            change.revision = Some(revision);
+            agent.store.commit(change).await?;
             agent
                 .audit
                 .log(ConfigStateChange::policy_failed(&facts, &error).into());
-            let current = view.snapshot();
             bail!(
                 "{error}\npolicy rejected; version {} (hash {}) stays in force",
                 current.version,
@@ -369,11 +395,28 @@ pub fn set_policy(agent: &Agent, name: &str, source: &str, yaml: &str) -> Result
     }
 }
 
+/// Changes how the sandbox's proposals are decided.
+pub async fn set_approval_mode(
+    agent: &Agent,
+    name: &str,
+    mode: ApprovalMode,
+) -> Result<SandboxView> {
+    let _writer = agent.writer.lock().await;
+    live(agent, name)?;
+    let mut change = ChangeSet::for_sandbox(name);
+    change.set_approval_mode = Some(mode);
+    agent.store.commit(change).await?;
+    let mut index = agent.sandboxes.write().unwrap_or_else(|p| p.into_inner());
+    let view = index
+        .live
+        .get_mut(name)
+        .with_context(|| format!("sandbox `{name}` was deleted meanwhile"))?;
+    view.approval_mode = mode;
+    Ok(view.clone())
+}
+
 /// Revisions of one sandbox, oldest first.
-pub fn history(agent: &Agent, name: &str) -> Result<Vec<Revision>> {
-    let index = agent.sandboxes.read().unwrap_or_else(|p| p.into_inner());
-    if index.get(name).is_none() {
-        bail!("no sandbox named `{name}` (see `portcullis sandbox list`)");
-    }
-    Ok(index.policies.history(name).to_vec())
+pub async fn history(agent: &Agent, name: &str) -> Result<Vec<Revision>> {
+    live(agent, name)?;
+    Ok(agent.store.revisions(name).await?)
 }

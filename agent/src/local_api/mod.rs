@@ -1,21 +1,44 @@
-//! `policy.local`: the sandbox-local API, answered by the agent itself on
-//! the reserved address its DNS gives every sandbox for that name.
-//!
-//! Served now: `GET /v1/skill`. The policy, denials and proposal routes
-//! come with the approval loop; until then they answer a structured 503.
+//! `policy.local`: the sandbox-local API (reference §4, contract §1–2),
+//! answered by the agent itself on the reserved address its DNS gives
+//! every sandbox for that name. Each connection is attributed to its
+//! sandbox by cgroup before it gets here, so a sandbox only ever sees its
+//! own policy, denials and chunks.
 
-use std::{convert::Infallible, path::Path};
+pub mod denials;
+
+use std::{
+    convert::Infallible,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-use crate::deny::routes;
+use crate::{
+    daemon::{
+        Agent,
+        drafts::{self, OpError},
+    },
+    deny::routes,
+    drafts::{Chunk, ChunkStatus, engine, proposal},
+};
 
 /// The skill text, built into the agent so every sandbox gets the same one.
 pub const SKILL: &str = include_str!("../../../skills/policy_advisor.md");
+
+/// Reading a request body gives up after this long (contract §2.4).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// `/wait?timeout=`: default and clamp, in seconds (reference §4.2).
+const WAIT_DEFAULT_SECS: u64 = 60;
+const WAIT_MAX_SECS: u64 = 300;
+/// After an approval, how long `/wait` gives the reload at least.
+const RELOAD_GRACE: Duration = Duration::from_millis(500);
 
 /// Writes the skill where agents look for it (mode 0444), replacing an
 /// older copy atomically.
@@ -29,58 +52,343 @@ pub fn install_skill(dirs: &[impl AsRef<Path>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `policy.local` answers to one request.
-pub fn answer(method: &str, path: &str) -> Response<Full<Bytes>> {
-    let path = path.split('?').next().unwrap_or(path);
-    if path == routes::SKILL {
-        return if method == "GET" || method == "HEAD" {
-            response(
-                StatusCode::OK,
-                "text/markdown; charset=utf-8",
-                SKILL.to_string(),
-            )
-        } else {
-            json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "use GET",
-            )
-        };
-    }
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "policy_local_unavailable",
-        "this agent does not serve the policy, denials and proposal routes yet",
-    )
-}
+type Reply = Response<Full<Bytes>>;
 
-fn json(status: StatusCode, error: &str, detail: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": error, "detail": detail }).to_string();
-    response(status, "application/json", body)
-}
-
-fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Reply {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
+    );
+    // One request per connection, as OpenShell answers.
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
     );
     response
 }
 
-/// Serves one connection to `policy.local` (plain HTTP/1.1, origin-form or
-/// absolute-form targets alike).
-pub async fn serve(stream: TcpStream) {
-    let service = service_fn(|req: Request<Incoming>| async move {
-        Ok::<_, Infallible>(answer(req.method().as_str(), req.uri().path()))
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    response(status, "application/json", body.to_string())
+}
+
+fn error(status: StatusCode, code: &str, detail: &str) -> Reply {
+    json_reply(status, &json!({ "error": code, "detail": detail }))
+}
+
+/// Where a request goes: (method, path before `?`) matched exactly.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Skill,
+    CurrentPolicy,
+    Denials,
+    Submit,
+    Chunk(&'a str),
+    Wait(&'a str),
+    /// Under `/v1/proposals/` but not a route: empty id, extra segments.
+    BadProposalPath,
+    NotFound,
+}
+
+fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
+    let get = method == "GET" || method == "HEAD";
+    match (get, method, path) {
+        (true, _, routes::SKILL) => Route::Skill,
+        (true, _, "/v1/policy/current") => Route::CurrentPolicy,
+        (true, _, "/v1/denials") => Route::Denials,
+        (_, "POST", "/v1/proposals") => Route::Submit,
+        (true, _, p) if p.starts_with("/v1/proposals/") => {
+            let rest = &p["/v1/proposals/".len()..];
+            match rest.split('/').collect::<Vec<_>>().as_slice() {
+                [id] if !id.is_empty() => Route::Chunk(id),
+                [id, "wait"] if !id.is_empty() => Route::Wait(id),
+                _ => Route::BadProposalPath,
+            }
+        }
+        _ => Route::NotFound,
+    }
+}
+
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `/wait?timeout=`: default 60 s, clamped to 1..=300, unparsable -> 60.
+fn wait_timeout(query: Option<&str>) -> Duration {
+    let secs = query_param(query, "timeout")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(WAIT_DEFAULT_SECS, |s| s.clamp(1, WAIT_MAX_SECS));
+    Duration::from_secs(secs)
+}
+
+/// The chunk-state payload (reference §4.3). `policy_reloaded` is present
+/// only for approved chunks; `timed_out` only when a wait ran out.
+pub fn chunk_payload(chunk: &Chunk, policy_reloaded: bool, timed_out: bool) -> Value {
+    let mut v = json!({
+        "chunk_id": chunk.id,
+        "status": chunk.status.as_str(),
+        "rule_name": chunk.rule_name,
+        "binary": chunk.binary,
+        "rejection_reason": chunk.rejection_reason,
+        "validation_result": chunk.validation_result,
+        "application_error": chunk.application_error,
+        "review_token": chunk.review_token,
+        "current_effective_policy_hash": chunk.current_effective_policy_hash,
+        "candidate_effective_policy_hash": chunk.candidate_effective_policy_hash,
+    });
+    if timed_out {
+        v["timed_out"] = json!(true);
+    }
+    if chunk.status == ChunkStatus::Approved {
+        v["policy_reloaded"] = json!(policy_reloaded);
+    }
+    v
+}
+
+/// Serves one connection to `policy.local` for `sandbox` (plain HTTP/1.1,
+/// origin-form or absolute-form targets alike).
+pub async fn serve(agent: Arc<Agent>, sandbox: String, stream: TcpStream) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let agent = agent.clone();
+        let sandbox = sandbox.clone();
+        async move { Ok::<_, Infallible>(answer(&agent, &sandbox, req).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
+        .keep_alive(false)
+        .header_read_timeout(BODY_READ_TIMEOUT)
+        .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
         log::debug!("policy.local connection: {e}");
+    }
+}
+
+async fn answer(agent: &Agent, sandbox: &str, req: Request<Incoming>) -> Reply {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    match route(&method, &path) {
+        Route::Skill => response(
+            StatusCode::OK,
+            "text/markdown; charset=utf-8",
+            SKILL.to_string(),
+        ),
+        Route::CurrentPolicy => current_policy(agent, sandbox),
+        Route::Denials => {
+            let dir = crate::audit::writer::sandbox_log_dir(&agent.config.log_dir, sandbox);
+            let last = denials::parse_last(query.as_deref());
+            let found =
+                tokio::task::spawn_blocking(move || denials::read_denials(&dir, last)).await;
+            match found {
+                Ok(d) => json_reply(StatusCode::OK, &json!(d)),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "denials_unavailable",
+                    &e.to_string(),
+                ),
+            }
+        }
+        Route::Submit => match read_body(req).await {
+            Ok(body) => submit(agent, sandbox, &body).await,
+            Err(reply) => reply,
+        },
+        Route::Chunk(id) => match drafts::chunk(agent, sandbox, id).await {
+            Ok(Some(chunk)) => json_reply(StatusCode::OK, &chunk_payload(&chunk, false, false)),
+            Ok(None) => chunk_not_found(id),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "chunk_lookup_failed",
+                &format!("{e:#}"),
+            ),
+        },
+        Route::Wait(id) => wait(agent, sandbox, id, wait_timeout(query.as_deref())).await,
+        Route::BadProposalPath => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "proposal sub-route not found; use /v1/proposals/{id} or /v1/proposals/{id}/wait",
+        ),
+        Route::NotFound => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("policy.local route not found: {method} {path}"),
+        ),
+    }
+}
+
+fn chunk_not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "chunk_not_found",
+        &format!("no proposal chunk `{id}` in this sandbox"),
+    )
+}
+
+fn current_policy(agent: &Agent, sandbox: &str) -> Reply {
+    let view = agent
+        .sandboxes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(sandbox)
+        .cloned();
+    let Some(view) = view else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "policy_unavailable",
+            "this sandbox is no longer registered",
+        );
+    };
+    let snapshot = view.snapshot();
+    if snapshot.version == 0 {
+        return error(
+            StatusCode::NOT_FOUND,
+            "policy_unavailable",
+            "no policy is loaded for this sandbox, so all egress is denied; propose rules with POST /v1/proposals",
+        );
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({ "format": "yaml", "policy_yaml": engine::policy_yaml(&snapshot.policy) }),
+    )
+}
+
+/// Reads a request body of at most `proposal::MAX_BODY_BYTES` within the
+/// read timeout; chunked bodies are fine.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!(
+                "the body is over {} bytes; send fewer or smaller operations",
+                proposal::MAX_BODY_BYTES
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > proposal::MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), proposal::MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the body did not arrive within 15 s; send it in one go",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_proposal",
+            &format!("the body could not be read: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+async fn submit(agent: &Agent, sandbox: &str, body: &[u8]) -> Reply {
+    let proposal = match proposal::parse(body) {
+        Ok(p) => p,
+        Err(detail) => return error(StatusCode::BAD_REQUEST, "invalid_proposal", &detail),
+    };
+    match drafts::submit(agent, sandbox, &proposal).await {
+        Ok(reply) => json_reply(StatusCode::ACCEPTED, &json!(reply)),
+        Err(OpError::Draft(e)) => {
+            error(StatusCode::BAD_REQUEST, "invalid_proposal", &e.to_string())
+        }
+        Err(OpError::Internal(e)) => {
+            log::error!("sandbox {sandbox}: proposal not stored: {e:#}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "proposal_submit_failed",
+                "the proposal could not be stored; retry later",
+            )
+        }
+    }
+}
+
+/// Long poll until the chunk is decided or the timeout passes. An
+/// approval is reported once the loaded policy covers the rule.
+async fn wait(agent: &Agent, sandbox: &str, id: &str, timeout: Duration) -> Reply {
+    let deadline = Instant::now() + timeout;
+    // Subscribe before the first read, so no decision slips in between.
+    let mut updates = agent.drafts.subscribe();
+    loop {
+        let chunk = match drafts::chunk(agent, sandbox, id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return chunk_not_found(id),
+            Err(e) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "chunk_lookup_failed",
+                    &format!("{e:#}"),
+                );
+            }
+        };
+        match chunk.status {
+            ChunkStatus::Approved => {
+                let reloaded = wait_for_coverage(agent, sandbox, &chunk, deadline).await;
+                return json_reply(StatusCode::OK, &chunk_payload(&chunk, reloaded, false));
+            }
+            ChunkStatus::Rejected => {
+                return json_reply(StatusCode::OK, &chunk_payload(&chunk, false, false));
+            }
+            ChunkStatus::Pending => {}
+        }
+        let next = async {
+            loop {
+                match updates.recv().await {
+                    Ok(u) if u.sandbox == sandbox && u.chunk.id == id => return,
+                    Ok(_) => {}
+                    // Missed some: re-read the store.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline.into(), next)
+            .await
+            .is_err()
+        {
+            return json_reply(StatusCode::OK, &chunk_payload(&chunk, false, true));
+        }
+    }
+}
+
+/// True once the sandbox's loaded policy covers the chunk's rule, waiting
+/// for reloads until the deadline (at least the reload grace).
+async fn wait_for_coverage(agent: &Agent, sandbox: &str, chunk: &Chunk, deadline: Instant) -> bool {
+    let view = agent
+        .sandboxes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(sandbox)
+        .cloned();
+    let Some(view) = view else { return false };
+    let mut rx = view.policy.subscribe();
+    let rule = engine::proposed(chunk);
+    let deadline = deadline.max(Instant::now() + RELOAD_GRACE);
+    loop {
+        if crate::policy::merge::covers(&rx.borrow_and_update().policy, &rule) {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline.into(), rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return false,
+        }
     }
 }
 
@@ -89,18 +397,83 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_skill_is_served_and_other_routes_say_why_not() {
-        let skill = answer("GET", "/v1/skill");
-        assert_eq!(skill.status(), StatusCode::OK);
-        assert!(SKILL.contains("policy.local/v1/proposals"));
-        assert_eq!(
-            answer("POST", "/v1/skill").status(),
-            StatusCode::METHOD_NOT_ALLOWED
+    fn routes_match_method_and_path_exactly() {
+        assert_eq!(route("GET", "/v1/skill"), Route::Skill);
+        assert_eq!(route("HEAD", "/v1/policy/current"), Route::CurrentPolicy);
+        assert_eq!(route("GET", "/v1/denials"), Route::Denials);
+        assert_eq!(route("POST", "/v1/proposals"), Route::Submit);
+        assert_eq!(route("GET", "/v1/proposals/abc"), Route::Chunk("abc"));
+        assert_eq!(route("GET", "/v1/proposals/abc/wait"), Route::Wait("abc"));
+        for bad in [
+            "/v1/proposals/",
+            "/v1/proposals//wait",
+            "/v1/proposals/a/b/c",
+            "/v1/proposals/a/stop",
+        ] {
+            assert_eq!(route("GET", bad), Route::BadProposalPath, "{bad}");
+        }
+        assert_eq!(route("POST", "/v1/skill"), Route::NotFound);
+        assert_eq!(route("GET", "/v1/proposals"), Route::NotFound);
+        assert_eq!(route("DELETE", "/v1/proposals/abc"), Route::NotFound);
+        assert_eq!(route("GET", "/v2/policy/current"), Route::NotFound);
+    }
+
+    #[test]
+    fn wait_timeout_defaults_and_clamps() {
+        let secs = |q: Option<&str>| wait_timeout(q).as_secs();
+        assert_eq!(secs(None), 60);
+        assert_eq!(secs(Some("timeout=5")), 5);
+        assert_eq!(secs(Some("x=1&timeout=0")), 1);
+        assert_eq!(secs(Some("timeout=9999")), 300);
+        assert_eq!(secs(Some("timeout=soon")), 60);
+        assert_eq!(secs(Some("timeout")), 60);
+    }
+
+    fn chunk(status: ChunkStatus) -> Chunk {
+        serde_json::from_value(json!({
+            "id": "c-1", "sandbox": "sb", "status": status.as_str(), "rule_name": "r",
+            "proposed_rule": {}, "rationale": "", "confidence": 0.75, "stage": "agent",
+            "analysis_mode": "agent_authored", "binary": "/usr/bin/curl", "hit_count": 1,
+            "created_at_ms": 1, "first_seen_ms": 1, "last_seen_ms": 1, "decided_at_ms": null,
+            "validation_result": "prover: no new findings", "rejection_reason": "",
+            "application_error": "", "review_token": "t", "current_effective_policy_hash": "a",
+            "candidate_effective_policy_hash": "b", "current_effective_policy": "",
+            "candidate_effective_policy": "", "grant": null, "approved_policy_version": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn chunk_payload_has_the_reference_fields() {
+        let pending = chunk_payload(&chunk(ChunkStatus::Pending), true, true);
+        let keys: Vec<&str> = pending
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for k in [
+            "chunk_id",
+            "status",
+            "rule_name",
+            "binary",
+            "rejection_reason",
+            "validation_result",
+            "application_error",
+            "review_token",
+            "current_effective_policy_hash",
+            "candidate_effective_policy_hash",
+            "timed_out",
+        ] {
+            assert!(keys.contains(&k), "{k} missing");
+        }
+        assert!(
+            pending.get("policy_reloaded").is_none(),
+            "only approved chunks say"
         );
-        assert_eq!(
-            answer("GET", "/v1/policy/current").status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        let approved = chunk_payload(&chunk(ChunkStatus::Approved), true, false);
+        assert_eq!(approved["policy_reloaded"], true);
+        assert!(approved.get("timed_out").is_none());
     }
 
     #[test]

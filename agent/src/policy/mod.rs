@@ -10,9 +10,10 @@
 
 pub mod glob;
 pub mod l7;
+pub mod merge;
 pub mod ssrf;
 
-mod canonical;
+pub(crate) mod canonical;
 mod schema;
 mod snapshot;
 mod yaml;

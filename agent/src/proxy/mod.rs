@@ -156,7 +156,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     }
 
     if conn.name.as_deref() == Some(crate::deny::routes::HOST) {
-        return crate::local_api::serve(stream).await;
+        return crate::local_api::serve(agent.clone(), conn.sandbox.clone(), stream).await;
     }
 
     // What the client says it is talking to, read before any dial.

@@ -4,4 +4,4 @@ pub mod cgroup;
 pub mod registry;
 pub mod spawn;
 
-pub use registry::{Registry, SandboxName, SandboxRecord};
+pub use registry::{SandboxName, SandboxRecord};
