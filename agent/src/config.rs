@@ -53,6 +53,21 @@ pub struct AgentConfig {
     pub upstream_extra_roots: Vec<PathBuf>,
     /// Where the policy advisor skill is installed for agents to read.
     pub skill_dirs: Vec<PathBuf>,
+    /// An optional TCP listener for remote operators, mutual TLS only.
+    pub control_tcp: Option<ControlTcp>,
+}
+
+/// `control_tcp`: where remote operators connect, and the certificates.
+/// Every client must present a certificate signed by `client_ca`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTcp {
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain and private key of the listener.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA that operator certificates must chain to.
+    pub client_ca: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -79,6 +94,7 @@ impl Default for AgentConfig {
                 "/etc/openshell/skills".into(),
                 "/etc/portcullis/skills".into(),
             ],
+            control_tcp: None,
         }
     }
 }
@@ -102,7 +118,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp)",
                 path.display()
             )
         })?;

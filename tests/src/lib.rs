@@ -46,7 +46,7 @@ pub fn portcullis_bin() -> PathBuf {
 }
 
 /// Waits for a line matching `pred` on a reader, with a deadline.
-fn wait_for_line(
+pub fn wait_for_line(
     rx: &mpsc::Receiver<String>,
     timeout: Duration,
     pred: impl Fn(&str) -> bool,
@@ -193,6 +193,20 @@ impl Agent {
             .args(args)
             .output()
             .expect("run portcullis")
+    }
+
+    /// Starts a long-running CLI command (`rule watch`, a workload in a
+    /// sandbox); its stdout lines arrive on the receiver.
+    pub fn spawn_cli(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = Command::new(portcullis_bin())
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run portcullis");
+        let lines = lines_of(child.stdout.take().unwrap());
+        (child, lines)
     }
 
     /// Runs a CLI command that must succeed; returns its stdout.
@@ -455,5 +469,74 @@ pub mod ocsf {
 
     pub fn is_denied(e: &Value) -> bool {
         is_net(e, 2)
+    }
+}
+
+/// An agent and an HTTPS stand-in for a REST API: TLS on 8443 and plain
+/// HTTP on 8080 for `api.example.test` (and `other.example.test`, which
+/// tests leave out of policies), with its own CA that the agent trusts
+/// through `upstream_extra_roots`. Sandbox `demo` runs under `policy`.
+pub struct RestFixture {
+    pub agent: Agent,
+    pub upstream: Upstream,
+    /// `ca.pem`, `cert.pem`, `key.pem` of the stand-in.
+    pub certs: PathBuf,
+}
+
+impl RestFixture {
+    /// `upstream_bin` is the `e2e-upstream` binary; `create_args` go to
+    /// `sandbox create demo` after `--policy`.
+    pub fn start(
+        upstream_bin: &str,
+        name: &str,
+        index: u16,
+        policy: &str,
+        create_args: &[&str],
+    ) -> RestFixture {
+        let certs = PathBuf::from(format!("/tmp/portcullis-e2e/{name}-certs"));
+        let _ = std::fs::remove_dir_all(&certs);
+        std::fs::create_dir_all(&certs).unwrap();
+        let out = Command::new(upstream_bin)
+            .args([
+                "gen-certs",
+                certs.to_str().unwrap(),
+                "api.example.test",
+                "other.example.test",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "gen-certs: {}", stderr(&out));
+        let mut upstream = Upstream::create(index);
+        upstream.spawn(&[
+            upstream_bin,
+            "serve",
+            "--tls-port",
+            "8443",
+            "--plain-port",
+            "8080",
+            "--cert",
+            certs.to_str().unwrap(),
+        ]);
+        let hosts = [
+            ("api.example.test", upstream.ip4.as_str()),
+            ("other.example.test", upstream.ip4.as_str()),
+        ];
+        let extra = format!("upstream_extra_roots:\n  - {}/ca.pem\n", certs.display());
+        let agent = Agent::start_with(name, index, &hosts, &extra);
+        let path = agent.write_policy("policy.yaml", policy);
+        let mut args = vec![
+            "sandbox",
+            "create",
+            "demo",
+            "--policy",
+            path.to_str().unwrap(),
+        ];
+        args.extend_from_slice(create_args);
+        agent.ok(&args);
+        RestFixture {
+            agent,
+            upstream,
+            certs,
+        }
     }
 }

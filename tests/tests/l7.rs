@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use portcullis_e2e::{Agent, Upstream, WAIT, privileged, stderr, stdout};
+use portcullis_e2e::{RestFixture, WAIT, privileged, stderr, stdout};
 use serde_json::Value;
 
 const UPSTREAM: &str = env!("CARGO_BIN_EXE_e2e-upstream");
@@ -26,59 +26,10 @@ fn grpc_client() -> String {
     path.display().to_string()
 }
 
-struct Fixture {
-    agent: Agent,
-    _up: Upstream,
-    certs: PathBuf,
-}
-
-/// An agent whose sandbox `demo` runs under `policy`, and an upstream
-/// serving TLS on 8443 and plain HTTP on 8080 for api.example.test (and
-/// other.example.test, which no policy names).
-fn fixture(name: &str, index: u16, policy: &str) -> Fixture {
-    let certs = PathBuf::from(format!("/tmp/portcullis-e2e/{name}-certs"));
-    let _ = std::fs::remove_dir_all(&certs);
-    std::fs::create_dir_all(&certs).unwrap();
-    let out = std::process::Command::new(UPSTREAM)
-        .args([
-            "gen-certs",
-            certs.to_str().unwrap(),
-            "api.example.test",
-            "other.example.test",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "gen-certs: {}", stderr(&out));
-    let mut up = Upstream::create(index);
-    up.spawn(&[
-        UPSTREAM,
-        "serve",
-        "--tls-port",
-        "8443",
-        "--plain-port",
-        "8080",
-        "--cert",
-        certs.to_str().unwrap(),
-    ]);
-    let hosts = [
-        ("api.example.test", up.ip4.as_str()),
-        ("other.example.test", up.ip4.as_str()),
-    ];
-    let extra = format!("upstream_extra_roots:\n  - {}/ca.pem\n", certs.display());
-    let agent = Agent::start_with(name, index, &hosts, &extra);
-    let path = agent.write_policy("policy.yaml", policy);
-    agent.ok(&[
-        "sandbox",
-        "create",
-        "demo",
-        "--policy",
-        path.to_str().unwrap(),
-    ]);
-    Fixture {
-        agent,
-        _up: up,
-        certs,
-    }
+/// An agent whose sandbox `demo` runs under `policy`, with the REST
+/// stand-in on 8443 (TLS) and 8080 (plain).
+fn fixture(name: &str, index: u16, policy: &str) -> RestFixture {
+    RestFixture::start(UPSTREAM, name, index, policy, &[])
 }
 
 const READ_ONLY: &str = "version: 1
@@ -103,7 +54,7 @@ network_policies:
 ";
 
 /// `curl -sS` with the response status appended on its own line.
-fn curl(f: &Fixture, args: &[&str]) -> (u16, String) {
+fn curl(f: &RestFixture, args: &[&str]) -> (u16, String) {
     let mut argv = vec!["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"];
     argv.extend_from_slice(args);
     let out = f.agent.run_in("demo", &argv);

@@ -18,11 +18,20 @@ pub async fn run(config: &AgentConfig) -> Result<ExitCode> {
     stop_agent(config)?;
     let pins = PinLayout::new(&config.bpffs_dir);
     let cgroup_root = cgroup::cgroup2_root()?;
-    let store = SqliteStore::open(&config.state_dir).await?;
-    // State of an older version still counts: it names pins and cgroups.
-    legacy::import_legacy(&store, &config.state_dir).await?;
     let mut removed = 0;
-    for row in store.sandboxes().await? {
+    // Nothing was ever stored: no sandboxes to remove.
+    let rows = if config.state_dir.exists() {
+        let store = SqliteStore::open(&config.state_dir).await?;
+        // State of an older version still counts: it names pins and cgroups.
+        legacy::import_legacy(&store, &config.state_dir).await?;
+        Some((store.sandboxes().await?, store))
+    } else {
+        None
+    };
+    for (row, store) in rows
+        .iter()
+        .flat_map(|(rows, store)| rows.iter().map(move |r| (r, store)))
+    {
         let record = &row.record;
         // Owned sandboxes: kill first, so nothing runs uncaptured.
         if !record.adopted {

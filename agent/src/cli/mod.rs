@@ -26,6 +26,18 @@ struct Cli {
     /// when present, else the embedded defaults.
     #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
+    /// Talk to a remote agent's `control_tcp` listener (https://host:port)
+    /// instead of the local socket; needs the three --remote-* files.
+    #[arg(long, global = true, env = "PORTCULLIS_REMOTE", requires_all = ["remote_ca", "remote_cert", "remote_key"])]
+    remote: Option<String>,
+    /// PEM CA that signed the agent's listener certificate.
+    #[arg(long, global = true, env = "PORTCULLIS_REMOTE_CA")]
+    remote_ca: Option<PathBuf>,
+    /// This operator's PEM certificate and key.
+    #[arg(long, global = true, env = "PORTCULLIS_REMOTE_CERT")]
+    remote_cert: Option<PathBuf>,
+    #[arg(long, global = true, env = "PORTCULLIS_REMOTE_KEY")]
+    remote_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +69,11 @@ enum Command {
 pub fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     let config = AgentConfig::load(cli.config.as_deref())?;
+    if let (Some(url), Some(ca), Some(cert), Some(key)) =
+        (cli.remote, cli.remote_ca, cli.remote_cert, cli.remote_key)
+    {
+        crate::control::client::use_remote(crate::control::client::Remote { url, ca, cert, key });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -39,6 +39,9 @@ pub async fn serve(agent: Arc<Agent>) -> Result<JoinHandle<()>> {
             Ok(stream) => peer_allowed(&gate, stream),
             Err(_) => true,
         });
+    if let Some(tcp) = &agent.config.control_tcp {
+        serve_tcp(agent.clone(), tcp)?;
+    }
     let service = ControlServer::new(ControlService { agent });
     Ok(tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
@@ -49,6 +52,41 @@ pub async fn serve(agent: Arc<Agent>) -> Result<JoinHandle<()>> {
             log::error!("control plane stopped: {e}");
         }
     }))
+}
+
+/// The remote-operator listener: mutual TLS, so only holders of a
+/// certificate from `client_ca` get in.
+fn serve_tcp(agent: Arc<Agent>, tcp: &crate::config::ControlTcp) -> Result<()> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("control_tcp.{what}: cannot read {}", p.display()))
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&tcp.cert, "cert")?,
+            read(&tcp.key, "key")?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(&tcp.client_ca, "client_ca")?));
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("control_tcp: invalid certificate, key or client CA")?;
+    let listener = std::net::TcpListener::bind(tcp.listen)
+        .with_context(|| format!("control_tcp.listen: cannot bind {}", tcp.listen))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    log::info!("control plane also on {} (mutual TLS)", tcp.listen);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut server = server;
+    tokio::spawn(async move {
+        if let Err(e) = server
+            .add_service(ControlServer::new(ControlService { agent }))
+            .serve_with_incoming(incoming)
+            .await
+        {
+            log::error!("remote control listener stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 fn peer_allowed(agent: &Agent, stream: &tokio::net::UnixStream) -> bool {
@@ -90,8 +128,18 @@ fn actor<T>(req: &Request<T>) -> String {
         .map(|c| c.uid());
     match uid {
         Some(uid) => format!("operator:uid={uid}"),
-        None => "operator".into(),
+        None => req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| remote_subject(c.as_ref())))
+            .map_or_else(|| "operator".into(), |s| format!("operator:{s}")),
     }
+}
+
+/// The subject of a remote operator's certificate, for the history.
+fn remote_subject(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.subject().to_string())
+        .unwrap_or_else(|_| "remote".into())
 }
 
 fn approval_mode(text: &str) -> Result<ApprovalMode, Status> {
@@ -177,7 +225,6 @@ fn to_pb(agent: &Agent, view: &SandboxView) -> pb::Sandbox {
         policy_version: snapshot.version,
         policy_hash: snapshot.hash.clone(),
         approval_mode: view.approval_mode.as_str().to_string(),
-        pending_chunks: 0,
     }
 }
 

@@ -97,9 +97,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) `state_dir/portcullis.db`.
     pub async fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        // The directory also holds the sandboxes' trust bundle, which
+        // workloads must reach; the database file itself is 0600.
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o755)
             .create(state_dir)
             .map_err(|e| {
                 StoreError::Backend(format!(

@@ -663,8 +663,9 @@ async fn the_database_is_private_to_its_owner() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+    // Traversable: the sandboxes' trust bundle lives below it too.
     let mode = std::fs::metadata(&state).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700);
+    assert_eq!(mode & 0o777, 0o755);
 }
 
 #[tokio::test]
