@@ -32,9 +32,9 @@ cleanup() {
 trap cleanup EXIT
 
 say "Building the agent (BPF embedded) and the HTTPS stand-in for a REST API"
-(cd "$ROOT" && cargo xtask build >/dev/null && cargo build -q -p portcullis-e2e --bin e2e-upstream)
+(cd "$ROOT" && cargo xtask build >/dev/null && cargo build -q --release -p portcullis-e2e --bin e2e-upstream)
 PORTCULLIS="$ROOT/target/release/portcullis"
-UPSTREAM="$ROOT/target/debug/e2e-upstream"
+UPSTREAM="$ROOT/target/release/e2e-upstream"
 rm -rf "$WORK" && mkdir -p "$WORK" && chmod 755 "$WORK"
 
 say "Starting api.example.test (203.0.113.250:8443) in network namespace $NS"

@@ -196,7 +196,7 @@ async fn answer(agent: &Agent, sandbox: &str, req: Request<Incoming>) -> Reply {
                 ),
             }
         }
-        Route::Submit => match read_body(req).await {
+        Route::Submit => match read_body(req, BODY_READ_TIMEOUT).await {
             Ok(body) => submit(agent, sandbox, &body).await,
             Err(reply) => reply,
         },
@@ -261,7 +261,7 @@ fn current_policy(agent: &Agent, sandbox: &str) -> Reply {
 
 /// Reads a request body of at most `proposal::MAX_BODY_BYTES` within the
 /// read timeout; chunked bodies are fine.
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
+async fn read_body(req: Request<Incoming>, timeout: Duration) -> Result<Bytes, Reply> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -281,7 +281,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Reply> {
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), proposal::MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+    match tokio::time::timeout(timeout, body.collect()).await {
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
@@ -474,6 +474,102 @@ mod tests {
         let approved = chunk_payload(&chunk(ChunkStatus::Approved), true, false);
         assert_eq!(approved["policy_reloaded"], true);
         assert!(approved.get("timed_out").is_none());
+    }
+
+    /// Serves one connection whose handler only reads the body: 200 with
+    /// the body's length, or read_body's own error reply.
+    async fn body_server(timeout: Duration) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = service_fn(move |req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(match read_body(req, timeout).await {
+                    Ok(body) => response(StatusCode::OK, "text/plain", body.len().to_string()),
+                    Err(reply) => reply,
+                })
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        addr
+    }
+
+    /// Sends `request` and keeps the connection open; returns the status
+    /// line and the body of the answer (read to its Content-Length).
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&answer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    let status = head.lines().next().unwrap_or_default().to_string();
+                    return (status, body.to_string());
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before a full answer: {text}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_read_and_limited() {
+        let addr = body_server(Duration::from_secs(5)).await;
+        let (status, body) = exchange(
+            addr,
+            b"POST /v1/proposals HTTP/1.1\r\nHost: policy.local\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "11");
+
+        let addr = body_server(Duration::from_secs(5)).await;
+        let chunk = "x".repeat(40 * 1024);
+        let request = format!(
+            "POST /v1/proposals HTTP/1.1\r\nHost: policy.local\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+            len = chunk.len()
+        );
+        let (status, body) = exchange(addr, request.as_bytes()).await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+        assert!(body.contains("payload_too_large"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_declared_oversized_body_is_refused_before_it_is_sent() {
+        let addr = body_server(Duration::from_secs(5)).await;
+        let (status, _) = exchange(
+            addr,
+            b"POST /v1/proposals HTTP/1.1\r\nHost: policy.local\r\nContent-Length: 1000000\r\n\r\n{",
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_times_out_with_408() {
+        let addr = body_server(Duration::from_millis(200)).await;
+        let (status, body) = exchange(
+            addr,
+            b"POST /v1/proposals HTTP/1.1\r\nHost: policy.local\r\nContent-Length: 100\r\n\r\n{\"operations\"",
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+        assert!(body.contains("request_timeout"), "{body}");
     }
 
     #[test]

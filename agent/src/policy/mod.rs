@@ -159,6 +159,28 @@ impl Policy {
         yaml: &str,
         max_bytes: usize,
     ) -> Result<Self, PolicyError> {
+        Self::parse_from(source_name, yaml, max_bytes, schema::Origin::User)
+    }
+
+    /// Parses a document the agent composed itself: a validated user
+    /// policy plus `_provider_<name>` rules built from provider profiles
+    /// (see `providers::profile::compose`). The same validation as
+    /// [`Policy::parse`], except that `_provider_` rule keys are allowed.
+    /// Never give it user input: the reserved prefix is what stops a user
+    /// rule from posing as a provider's.
+    ///
+    /// No size limit: the parts were size-checked when they were loaded,
+    /// and a user policy's canonical JSON may be longer than its YAML.
+    pub fn parse_composed(source_name: &str, doc: &str) -> Result<Self, PolicyError> {
+        Self::parse_from(source_name, doc, usize::MAX, schema::Origin::Composed)
+    }
+
+    fn parse_from(
+        source_name: &str,
+        yaml: &str,
+        max_bytes: usize,
+        origin: schema::Origin,
+    ) -> Result<Self, PolicyError> {
         let mut ctx = yaml::Ctx {
             source: source_name,
             warnings: Vec::new(),
@@ -172,7 +194,7 @@ impl Policy {
                 ),
             ));
         }
-        let doc = schema::parse_document(&mut ctx, yaml)?;
+        let doc = schema::parse_document(&mut ctx, yaml, origin)?;
         Ok(Self::build(doc.rules, &doc.sections, ctx.warnings))
     }
 

@@ -116,13 +116,25 @@ pub struct Endpoint {
     pub request_body_credential_rewrite: bool,
 }
 
+/// Who wrote the document, which decides whether `_provider_` rule keys
+/// are allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A user, proposal or file: [`PROVIDER_RULE_PREFIX`] is refused, so no
+    /// one can forge or shadow a provider rule.
+    User,
+    /// The agent's own composition of a validated user policy and
+    /// provider profiles: `_provider_` keys are the point.
+    Composed,
+}
+
 /// A parsed document: rules sorted by key, plus the unenforced sections.
 pub(crate) struct Document {
     pub rules: Vec<Rule>,
     pub sections: BTreeMap<String, serde_json::Value>,
 }
 
-pub(crate) fn parse_document(ctx: &mut Ctx<'_>, yaml: &str) -> Res<Document> {
+pub(crate) fn parse_document(ctx: &mut Ctx<'_>, yaml: &str, origin: Origin) -> Res<Document> {
     let mut root: Value = serde_yaml::from_str(yaml).map_err(|e| syntax_error(ctx, &e))?;
     root.apply_merge().map_err(|e| {
         ctx.err(
@@ -145,7 +157,7 @@ pub(crate) fn parse_document(ctx: &mut Ctx<'_>, yaml: &str) -> Res<Document> {
                 check_version(ctx, value)?;
                 version_seen = true;
             }
-            "network_policies" => rules = parse_rules(ctx, value)?,
+            "network_policies" => rules = parse_rules(ctx, value, origin)?,
             section => {
                 ctx.warnings.push(format!(
                     "`{section}` is parsed but not enforced by Portcullis"
@@ -217,7 +229,7 @@ fn check_version(ctx: &Ctx<'_>, v: &Value) -> Res<()> {
     }
 }
 
-fn parse_rules(ctx: &mut Ctx<'_>, v: &Value) -> Res<Vec<Rule>> {
+fn parse_rules(ctx: &mut Ctx<'_>, v: &Value, origin: Origin) -> Res<Vec<Rule>> {
     let path = "network_policies";
     let Some(map) = ctx.map(v, path)? else {
         return Ok(Vec::new());
@@ -234,12 +246,12 @@ fn parse_rules(ctx: &mut Ctx<'_>, v: &Value) -> Res<Vec<Rule>> {
                 ),
             ));
         };
-        rules.push(parse_rule(ctx, key, value)?);
+        rules.push(parse_rule(ctx, key, value, origin)?);
     }
     Ok(rules)
 }
 
-fn parse_rule(ctx: &mut Ctx<'_>, key: &str, v: &Value) -> Res<Rule> {
+fn parse_rule(ctx: &mut Ctx<'_>, key: &str, v: &Value, origin: Origin) -> Res<Rule> {
     let base = join("network_policies", key);
     if key.is_empty() {
         return Err(ctx.err(
@@ -253,7 +265,7 @@ fn parse_rule(ctx: &mut Ctx<'_>, key: &str, v: &Value) -> Res<Rule> {
             "the rule key contains control characters; rename the rule",
         ));
     }
-    if key.starts_with(PROVIDER_RULE_PREFIX) {
+    if origin == Origin::User && key.starts_with(PROVIDER_RULE_PREFIX) {
         return Err(ctx.err(
             &base,
             format!(

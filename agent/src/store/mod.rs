@@ -1,11 +1,13 @@
 //! The durable store: sandboxes, policy revisions, draft chunks and their
-//! history (reference §5.4, §5.8), behind a trait so a PostgreSQL backend
-//! can follow the SQLite one for multi-node use.
+//! history (reference §5.4, §5.8), providers with their credentials and
+//! their attachment to sandboxes (§6.1–6.3), behind a trait so a
+//! PostgreSQL backend can follow the SQLite one for multi-node use.
 //!
-//! Reads are plain queries; every write goes through [`Store::commit`],
-//! which applies one [`ChangeSet`] in one transaction or not at all, so a
-//! crash (even `kill -9`) mid-approval leaves either the state before the
-//! approval or the state after it.
+//! Reads are plain queries; every write goes through [`Store::commit`] or
+//! [`Store::put_provider`], which apply one change in one transaction or
+//! not at all, so a crash (even `kill -9`) mid-approval leaves either the
+//! state before the approval or the state after it. Credential values are
+//! encrypted at rest (`secrets.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +17,17 @@ use crate::{
 };
 
 pub mod legacy;
+pub mod providers;
+pub mod secrets;
 pub mod sqlite;
 
 #[cfg(test)]
+mod provider_tests;
+#[cfg(test)]
 mod tests;
 
+pub use providers::{MAX_PROVIDERS_PER_SANDBOX, ProviderChange, ProviderRecord};
+pub use secrets::SecretValue;
 pub use sqlite::SqliteStore;
 
 /// Revisions kept per sandbox; the one in force is never pruned.
@@ -51,6 +59,16 @@ pub trait Store: Send + Sync {
     async fn history(&self, sandbox: &str) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Applies everything in one transaction, or nothing.
     async fn commit(&self, change: ChangeSet) -> Result<(), StoreError>;
+    /// Every provider with its credentials, by name.
+    async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+    /// One provider with its credentials, if it exists.
+    async fn provider(&self, name: &str) -> Result<Option<ProviderRecord>, StoreError>;
+    /// Creates, rotates or deletes one provider in one transaction; returns
+    /// the provider as stored (for a delete: as it was, without credentials).
+    async fn put_provider(&self, change: ProviderChange) -> Result<ProviderRecord, StoreError>;
+    /// Providers attached to a sandbox, in attachment order (none for an
+    /// unknown sandbox).
+    async fn attached(&self, sandbox: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// A sandbox as stored: the registry record plus its draft settings.
@@ -167,7 +185,8 @@ pub struct Revision {
 
 /// Everything one logical operation writes about one sandbox. Applied in
 /// this order: create, checks, approval mode, revision, chunk deletes,
-/// chunk upserts, history; or, with `delete_sandbox`, only the delete.
+/// chunk upserts, history, provider detaches, provider attaches; or, with
+/// `delete_sandbox`, only the delete.
 #[derive(Debug, Default)]
 pub struct ChangeSet {
     pub sandbox: String,
@@ -178,8 +197,9 @@ pub struct ChangeSet {
     /// Inserted; Conflict if the name (or the id) is already used.
     pub create_sandbox: Option<SandboxRow>,
     pub set_approval_mode: Option<ApprovalMode>,
-    /// Deletes the sandbox and all its revisions, chunks and history. Must
-    /// not be combined with other changes (Invalid).
+    /// Deletes the sandbox and all its revisions, chunks, history and
+    /// provider attachments. Must not be combined with other changes
+    /// (Invalid).
     pub delete_sandbox: bool,
     /// Appended. If its status is Loaded, every earlier Loaded revision of
     /// the sandbox becomes Superseded in the same transaction. Its version
@@ -191,6 +211,15 @@ pub struct ChangeSet {
     pub delete_chunks: Vec<String>,
     /// Appended, in order.
     pub history: Vec<HistoryEntry>,
+    /// Providers to attach after the ones already attached, in order;
+    /// repeated names count once and attached ones are left as they are.
+    /// Conflict if a provider does not exist, if more than
+    /// [`MAX_PROVIDERS_PER_SANDBOX`] would be attached, or if two attached
+    /// providers would give the same credential key.
+    pub attach_providers: Vec<String>,
+    /// Providers to detach (before attaching); ones not attached are
+    /// ignored. A name in both lists is Invalid.
+    pub detach_providers: Vec<String>,
 }
 
 impl ChangeSet {

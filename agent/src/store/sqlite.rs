@@ -1,11 +1,16 @@
 //! The SQLite backend: one database file in the state directory, WAL
 //! journal with full fsync, every write one `BEGIN IMMEDIATE` transaction.
+//! Credential values are sealed with the key of `secrets.key` before they
+//! reach the database (see `secrets.rs`); the provider tables live in
+//! `sqlite/provider_sql.rs`.
+
+mod provider_sql;
 
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use sqlx::{
@@ -16,8 +21,10 @@ use sqlx::{
 };
 
 use super::{
-    ApprovalMode, ChangeSet, HISTORY_LIMIT, REVISION_LIMIT, Revision, RevisionStatus, SandboxRow,
-    Store, StoreError,
+    ApprovalMode, ChangeSet, HISTORY_LIMIT, ProviderChange, ProviderRecord, REVISION_LIMIT,
+    Revision, RevisionStatus, SandboxRow, Store, StoreError,
+    providers::{check_provider_change, check_provider_name},
+    secrets::SecretKey,
 };
 use crate::{
     drafts::{Chunk, ChunkStatus, HistoryEntry},
@@ -27,10 +34,16 @@ use crate::{
 /// The database file inside the state directory.
 pub const DB_FILE: &str = "portcullis.db";
 /// The schema this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// Idempotent: safe to run on every open of a version-1 database.
-const SCHEMA: &str = r#"
+/// The steps from an empty database to the current schema: step N brings
+/// a version N-1 database to version N. Each is idempotent (`IF NOT
+/// EXISTS`), and all steps above the stored version run in the open's one
+/// transaction, so an interrupted upgrade leaves the old version intact.
+const MIGRATIONS: [(u32, &str); 2] = [(1, SCHEMA_V1), (2, SCHEMA_V2_PROVIDERS)];
+
+/// Version 1: sandboxes, revisions, chunks, history.
+const SCHEMA_V1: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -86,9 +99,40 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_sandbox ON history (sandbox, seq);
 "#;
 
+/// Version 2: providers, their sealed credentials (`nonce || ciphertext ||
+/// tag`, never plaintext), and their attachment to sandboxes.
+const SCHEMA_V2_PROVIDERS: &str = r#"
+CREATE TABLE IF NOT EXISTS providers (
+    name            TEXT PRIMARY KEY NOT NULL,
+    type            TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    updated_unix_ms INTEGER NOT NULL,
+    revision        INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS provider_credentials (
+    provider TEXT NOT NULL REFERENCES providers (name) ON DELETE CASCADE,
+    key      TEXT NOT NULL,
+    sealed   BLOB NOT NULL,
+    PRIMARY KEY (provider, key)
+) STRICT;
+
+-- A provider cannot be deleted while attached; a sandbox takes its
+-- attachments with it.
+CREATE TABLE IF NOT EXISTS sandbox_providers (
+    sandbox  TEXT NOT NULL REFERENCES sandboxes (name) ON DELETE CASCADE,
+    provider TEXT NOT NULL REFERENCES providers (name) ON DELETE RESTRICT,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (sandbox, provider)
+) STRICT;
+CREATE INDEX IF NOT EXISTS sandbox_providers_by_provider ON sandbox_providers (provider);
+"#;
+
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
+    /// Seals and opens credential values.
+    secrets: SecretKey,
     /// Writes serialise in SQLite anyway; queueing them here keeps waiting
     /// writers out of SQLite's busy-retry loop and its 5 s timeout.
     write_lock: tokio::sync::Mutex<()>,
@@ -124,13 +168,14 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| db_error(&path, "opening", e))?;
-        let store = SqliteStore {
+        migrate(&pool, &path).await?;
+        let secrets = load_secret_key(&pool, &path, state_dir).await?;
+        Ok(SqliteStore {
             pool,
             path,
+            secrets,
             write_lock: tokio::sync::Mutex::new(()),
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
     /// The database file.
@@ -216,42 +261,6 @@ impl SqliteStore {
             .map_err(|e| db_error(&self.path, "starting a write transaction", e))
     }
 
-    /// Creates the schema, or checks that an existing one is ours.
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let path = &self.path;
-        let mut tx = self.begin_write().await?;
-        let has_meta: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| db_error(path, "reading the schema", e))?;
-        if has_meta > 0 {
-            let stored = get_meta(&mut tx, path, "schema_version").await?;
-            if let Some(version) = stored
-                && version > u64::from(SCHEMA_VERSION)
-            {
-                return Err(StoreError::Backend(format!(
-                    "database {} has schema version {version}, newer than this agent \
-                     understands ({SCHEMA_VERSION}); upgrade portcullis, or move the file \
-                     away to start from an empty store",
-                    path.display()
-                )));
-            }
-        }
-        sqlx::raw_sql(SCHEMA)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(path, "creating the schema", e))?;
-        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)")
-            .bind(SCHEMA_VERSION.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(path, "recording the schema version", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| db_error(path, "committing the schema", e))
-    }
 }
 
 #[async_trait::async_trait]
