@@ -13,6 +13,7 @@ pub mod drafts;
 pub mod identity;
 pub mod local_api;
 pub mod policy;
+pub mod providers;
 pub mod proxy;
 pub mod sandbox;
 pub mod store;

@@ -3,6 +3,7 @@
 mod down;
 mod logs;
 mod policy;
+pub mod provider;
 pub mod rule;
 mod run;
 mod sandbox;
@@ -60,6 +61,9 @@ enum Command {
     /// undo, clear, history, watch.
     #[command(subcommand, alias = "draft")]
     Rule(rule::RuleCommand),
+    /// Manage providers: credentials that stay on the host.
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
     /// Show a sandbox's audit events.
     Logs(logs::LogsArgs),
     /// Stop the agent and remove programs, pins and sandbox cgroups.
@@ -90,6 +94,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Run(args) => runtime.block_on(run::run(&config, args)),
         Command::Policy(cmd) => runtime.block_on(policy::run(&config, cmd)),
         Command::Rule(cmd) => runtime.block_on(rule::run(&config, cmd)),
+        Command::Provider(cmd) => runtime.block_on(provider::run(&config, cmd)),
         Command::Logs(args) => logs::run(&config, args),
         Command::Down => runtime.block_on(down::run(&config)),
     }

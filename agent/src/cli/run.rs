@@ -33,7 +33,21 @@ pub async fn run(config: &AgentConfig, args: RunArgs) -> Result<ExitCode> {
         .map_err(client::status_error)?
         .into_inner();
     let workload = spawn::resolve_user(args.user.as_deref().unwrap_or(&config.default_user))?;
-    let env = spawn::sandbox_env(&sandbox.name, &PathBuf::from(&sandbox.trust_bundle));
+    let mut env = spawn::sandbox_env(&sandbox.name, &PathBuf::from(&sandbox.trust_bundle));
+    // Attached credentials: the workload gets placeholders, never values.
+    let providers = client
+        .list_sandbox_providers(pb::ListSandboxProvidersRequest {
+            sandbox: sandbox.name.clone(),
+        })
+        .await
+        .map_err(client::status_error)?
+        .into_inner();
+    for key in providers.providers.iter().flat_map(|p| &p.credential_keys) {
+        env.push((
+            key.clone(),
+            crate::providers::placeholder::placeholder(key).into(),
+        ));
+    }
     let mut cmd = spawn::command(
         &PathBuf::from(&sandbox.cgroup_path),
         &workload,

@@ -22,6 +22,9 @@ pub enum SandboxCommand {
         #[arg(long, value_parser = ["manual", "auto"], default_value = "manual")]
         approval_mode: String,
     },
+    /// Attach, detach or list a sandbox's providers.
+    #[command(subcommand)]
+    Provider(super::provider::SandboxProviderCommand),
     /// Change how a sandbox's proposals are decided: manual or auto.
     ApprovalMode {
         name: String,
@@ -61,6 +64,9 @@ fn read_policy(path: &Option<PathBuf>) -> Result<(String, String)> {
 }
 
 pub async fn run(config: &AgentConfig, cmd: SandboxCommand) -> Result<ExitCode> {
+    if let SandboxCommand::Provider(cmd) = cmd {
+        return super::provider::run_sandbox(config, cmd).await;
+    }
     let mut client = client::connect(&config.control_socket()).await?;
     match cmd {
         SandboxCommand::Create {
@@ -140,6 +146,7 @@ pub async fn run(config: &AgentConfig, cmd: SandboxCommand) -> Result<ExitCode> 
                 );
             }
         }
+        SandboxCommand::Provider(_) => unreachable!("handled above"),
         SandboxCommand::Delete { name } => {
             let r = client
                 .delete_sandbox(pb::DeleteSandboxRequest { name: name.clone() })

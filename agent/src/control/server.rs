@@ -188,17 +188,11 @@ pub fn chunk_pb(c: &Chunk) -> pb::DraftChunk {
 }
 
 fn sandbox_view(agent: &Agent, name: &str) -> Result<SandboxView, Status> {
-    agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .cloned()
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "no sandbox named `{name}` (see `portcullis sandbox list`)"
-            ))
-        })
+    agent.sandbox(name).ok_or_else(|| {
+        Status::not_found(format!(
+            "no sandbox named `{name}` (see `portcullis sandbox list`)"
+        ))
+    })
 }
 
 /// The revision in force, as a reply to a decision.
@@ -640,6 +634,101 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn create_provider(
+        &self,
+        req: Request<pb::CreateProviderRequest>,
+    ) -> Result<Response<pb::Provider>, Status> {
+        let req = req.into_inner();
+        let record = crate::daemon::providers::create(
+            &self.agent,
+            &req.name,
+            &req.r#type,
+            values(req.credentials)?,
+        )
+        .await
+        .map_err(failed)?;
+        Ok(Response::new(self.provider_pb(&record)))
+    }
+
+    async fn update_provider(
+        &self,
+        req: Request<pb::UpdateProviderRequest>,
+    ) -> Result<Response<pb::Provider>, Status> {
+        let req = req.into_inner();
+        let record =
+            crate::daemon::providers::update(&self.agent, &req.name, values(req.set)?, req.remove)
+                .await
+                .map_err(failed)?;
+        Ok(Response::new(self.provider_pb(&record)))
+    }
+
+    async fn delete_provider(
+        &self,
+        req: Request<pb::DeleteProviderRequest>,
+    ) -> Result<Response<pb::DeleteProviderReply>, Status> {
+        crate::daemon::providers::delete(&self.agent, &req.into_inner().name)
+            .await
+            .map_err(failed)?;
+        Ok(Response::new(pb::DeleteProviderReply {}))
+    }
+
+    async fn get_provider(
+        &self,
+        req: Request<pb::GetProviderRequest>,
+    ) -> Result<Response<pb::Provider>, Status> {
+        let name = req.into_inner().name;
+        let record = self.agent.providers().provider(&name).cloned();
+        match record {
+            Some(record) => Ok(Response::new(self.provider_pb(&record))),
+            None => Err(Status::not_found(format!(
+                "provider '{name}' not found (see `portcullis provider list`)"
+            ))),
+        }
+    }
+
+    async fn list_providers(
+        &self,
+        _: Request<pb::ListProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersReply>, Status> {
+        let records: Vec<_> = self.agent.providers().providers().cloned().collect();
+        Ok(Response::new(pb::ListProvidersReply {
+            providers: records.iter().map(|r| self.provider_pb(r)).collect(),
+        }))
+    }
+
+    async fn attach_provider(
+        &self,
+        req: Request<pb::AttachProviderRequest>,
+    ) -> Result<Response<pb::AttachProviderReply>, Status> {
+        self.attachment(req.into_inner(), true).await
+    }
+
+    async fn detach_provider(
+        &self,
+        req: Request<pb::AttachProviderRequest>,
+    ) -> Result<Response<pb::AttachProviderReply>, Status> {
+        self.attachment(req.into_inner(), false).await
+    }
+
+    async fn list_sandbox_providers(
+        &self,
+        req: Request<pb::ListSandboxProvidersRequest>,
+    ) -> Result<Response<pb::ListProvidersReply>, Status> {
+        let sandbox = req.into_inner().sandbox;
+        sandbox_view(&self.agent, &sandbox)?;
+        let records: Vec<_> = {
+            let cache = self.agent.providers();
+            cache
+                .attached_names(&sandbox)
+                .iter()
+                .filter_map(|n| cache.provider(n).cloned())
+                .collect()
+        };
+        Ok(Response::new(pb::ListProvidersReply {
+            providers: records.iter().map(|r| self.provider_pb(r)).collect(),
+        }))
+    }
+
     type WatchDraftsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::DraftUpdate, Status>> + Send + 'static>,
     >;
@@ -696,6 +785,67 @@ impl pb::control_server::Control for ControlService {
             tokio_stream::iter(pending).chain(updates),
         )))
     }
+}
+
+impl ControlService {
+    fn provider_pb(&self, record: &crate::store::ProviderRecord) -> pb::Provider {
+        let cache = self.agent.providers();
+        let bound_to = crate::providers::profile::find(&record.provider_type)
+            .map(|p| {
+                p.endpoints
+                    .iter()
+                    .filter_map(|e| {
+                        let host = e.get("host")?.as_str()?;
+                        let port = e.get("port").and_then(serde_json::Value::as_u64)?;
+                        Some(format!("{host}:{port}"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        pb::Provider {
+            name: record.name.clone(),
+            r#type: record.provider_type.clone(),
+            credential_keys: record.credentials.keys().cloned().collect(),
+            revision: record.revision,
+            created_unix_ms: record.created_unix_ms,
+            updated_unix_ms: record.updated_unix_ms,
+            sandboxes: cache.sandboxes_of(&record.name),
+            bound_to,
+        }
+    }
+
+    async fn attachment(
+        &self,
+        req: pb::AttachProviderRequest,
+        attach: bool,
+    ) -> Result<Response<pb::AttachProviderReply>, Status> {
+        let changed = crate::daemon::providers::set_attachment(
+            &self.agent,
+            &req.sandbox,
+            &req.provider,
+            attach,
+        )
+        .await
+        .map_err(failed)?;
+        Ok(Response::new(pb::AttachProviderReply {
+            changed,
+            revision: Some(current_pb(&self.agent, &req.sandbox)?),
+        }))
+    }
+}
+
+fn values(credentials: Vec<pb::Credential>) -> Result<crate::daemon::providers::Values, Status> {
+    let mut out = crate::daemon::providers::Values::new();
+    for c in credentials {
+        if out.contains_key(&c.key) {
+            return Err(Status::invalid_argument(format!(
+                "credential key `{}` is given twice",
+                c.key
+            )));
+        }
+        out.insert(c.key, crate::store::SecretValue::new(c.value));
+    }
+    Ok(out)
 }
 
 impl ControlService {

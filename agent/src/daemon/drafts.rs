@@ -4,8 +4,6 @@
 //! trail and tells the watchers. Operations are serialised by the agent's
 //! writer lock, so each one sees the state the previous one left.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -17,7 +15,6 @@ use crate::{
         Chunk, ChunkStatus,
         engine::{self, ApproveAllSummary, DraftError, Event, Outcome, State, SubmitReply},
         proposal::Proposal,
-        validator::CredentialSet,
     },
     store::{ApprovalMode, StoreError},
 };
@@ -77,13 +74,6 @@ fn no_sandbox(name: &str) -> OpError {
     )))
 }
 
-/// The credential scopes of a sandbox: the hosts its attached providers'
-/// credentials are bound to. Providers arrive with their own issue; until
-/// then no host is credentialed.
-fn credentials(_agent: &Agent, _sandbox: &str) -> CredentialSet {
-    CredentialSet::default()
-}
-
 fn now_ms() -> i64 {
     crate::audit::event::now_ms()
 }
@@ -95,13 +85,16 @@ async fn run<T>(
     op: impl FnOnce(&State<'_>) -> (T, Outcome),
 ) -> Result<T, OpError> {
     let _writer = agent.writer.lock().await;
-    let view = agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(sandbox)
-        .cloned()
-        .ok_or_else(|| no_sandbox(sandbox))?;
+    run_locked(agent, sandbox, op).await
+}
+
+/// `run`, for a caller that holds the writer lock already.
+async fn run_locked<T>(
+    agent: &Agent,
+    sandbox: &str,
+    op: impl FnOnce(&State<'_>) -> (T, Outcome),
+) -> Result<T, OpError> {
+    let view = agent.sandbox(sandbox).ok_or_else(|| no_sandbox(sandbox))?;
     let chunks = agent.store.chunks(sandbox, None).await?;
     let latest_version = agent
         .store
@@ -110,18 +103,24 @@ async fn run<T>(
         .last()
         .map_or(0, |r| r.version);
     let snapshot = view.snapshot();
-    let creds = credentials(agent, sandbox);
-    let state = State {
-        sandbox,
-        policy: &snapshot.policy,
-        policy_version: snapshot.version,
-        latest_version,
-        chunks: &chunks,
-        credentials: &creds,
-        approval_mode: view.approval_mode,
-        now_ms: now_ms(),
+    let (value, outcome) = {
+        let providers = agent.providers();
+        let compose = |base: &crate::policy::Policy| providers.compose(sandbox, base);
+        let creds = providers.credential_set(sandbox);
+        let state = State {
+            sandbox,
+            policy: &snapshot.base,
+            effective: &snapshot.policy,
+            compose: &compose,
+            policy_version: snapshot.version,
+            latest_version,
+            chunks: &chunks,
+            credentials: &creds,
+            approval_mode: view.approval_mode,
+            now_ms: now_ms(),
+        };
+        op(&state)
     };
-    let (value, outcome) = op(&state);
     apply(agent, sandbox, &view, outcome).await?;
     Ok(value)
 }
@@ -151,12 +150,7 @@ async fn apply(
         audit(agent, sandbox, view, event);
     }
     if let Some(load) = load {
-        let snapshot = Arc::new(Snapshot {
-            hash: load.policy.hash().to_string(),
-            policy: load.policy,
-            version: load.version,
-            source: load.source,
-        });
+        let snapshot = Snapshot::new(load.policy, load.effective, load.version, &load.source);
         view.policy.send_replace(snapshot.clone());
         agent.audit.log(
             ConfigStateChange::policy_loaded(&policy_facts(sandbox, &snapshot), PolicyLoad::Reload)
@@ -370,34 +364,10 @@ pub async fn clear(agent: &Agent, sandbox: &str, actor: &str) -> Result<usize, O
 /// After `policy set`: redundant pending chunks are rejected, the others
 /// re-evaluated against the new policy. Called with the writer lock held.
 pub async fn after_policy_change(agent: &Agent, sandbox: &str) -> Result<(), OpError> {
-    let view = agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(sandbox)
-        .cloned()
-        .ok_or_else(|| no_sandbox(sandbox))?;
-    let chunks = agent
-        .store
-        .chunks(sandbox, Some(ChunkStatus::Pending))
-        .await?;
-    if chunks.is_empty() {
-        return Ok(());
-    }
-    let snapshot = view.snapshot();
-    let creds = credentials(agent, sandbox);
-    let state = State {
-        sandbox,
-        policy: &snapshot.policy,
-        policy_version: snapshot.version,
-        latest_version: snapshot.version,
-        chunks: &chunks,
-        credentials: &creds,
-        approval_mode: view.approval_mode,
-        now_ms: now_ms(),
-    };
-    let outcome = engine::after_policy_change(&state);
-    apply(agent, sandbox, &view, outcome).await
+    run_locked(agent, sandbox, |state| {
+        ((), engine::after_policy_change(state))
+    })
+    .await
 }
 
 /// A chunk of one sandbox, security notes not included.

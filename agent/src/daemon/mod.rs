@@ -4,6 +4,7 @@
 pub mod drafts;
 mod events;
 pub mod policies;
+pub mod providers;
 pub mod sandboxes;
 
 use std::{
@@ -83,6 +84,8 @@ pub struct Agent {
     pub writer: tokio::sync::Mutex<()>,
     /// Chunks as they are proposed and decided: `WatchDrafts`, `/wait`.
     pub drafts: tokio::sync::broadcast::Sender<drafts::DraftUpdate>,
+    /// Providers and attachments; secrets live here in memory only.
+    pub providers: RwLock<providers::ProviderCache>,
 }
 
 /// Preconditions every privileged command shares, with errors that say
@@ -213,6 +216,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     if imported > 0 {
         log::info!("imported {imported} sandbox(es) from the JSON state of an earlier version");
     }
+    let provider_cache = providers::ProviderCache::load(&store).await?;
     let index = SandboxIndex::new(&config, &cgroup_root);
     let agent = Arc::new(Agent {
         config: config.clone(),
@@ -233,6 +237,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         store: Arc::new(store),
         writer: tokio::sync::Mutex::new(()),
         drafts: drafts::update_channel(),
+        providers: RwLock::new(provider_cache),
     });
     // Re-attach sandboxes of a previous run: pinned links are kept as they
     // are; anything missing (a fresh bpffs after reboot) is attached again.
@@ -318,6 +323,20 @@ fn ip6_words(ip: Ipv6Addr) -> portcullis_common::Addr6 {
 }
 
 impl Agent {
+    /// The provider cache, for reading.
+    pub fn providers(&self) -> std::sync::RwLockReadGuard<'_, providers::ProviderCache> {
+        self.providers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live sandbox by name.
+    pub fn sandbox(&self, name: &str) -> Option<SandboxView> {
+        self.sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Applies every process event queued so far. The proxy calls this
     /// before resolving a connection: the exec that preceded a connect is
     /// already in the ring by then, so attribution never races the reader.

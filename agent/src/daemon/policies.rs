@@ -17,22 +17,50 @@ pub use crate::store::{Revision, RevisionStatus};
 /// authorised under, and keeps.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// What is enforced: the base policy with the sandbox's provider rules
+    /// composed in.
     pub policy: Policy,
+    /// The policy the revision stores, without provider rules; merges and
+    /// `policy set` work on it.
+    pub base: Policy,
     /// 0 for the built-in deny-all of a sandbox without a policy.
     pub version: u64,
+    /// Hash of the enforced policy.
     pub hash: String,
     pub source: String,
 }
 
+/// Composes a sandbox's providers into a base policy.
+pub type Compose<'a> = crate::drafts::engine::Compose<'a>;
+
+/// Source shown for a sandbox that never had a policy.
+const NO_POLICY: &str = "(none: all egress denied)";
+
 impl Snapshot {
-    pub fn deny_all() -> Arc<Self> {
-        let policy = Policy::deny_all();
+    pub fn new(base: Policy, effective: Policy, version: u64, source: &str) -> Arc<Self> {
         Arc::new(Self {
-            hash: policy.hash().to_string(),
-            policy,
-            version: 0,
-            source: "(none: all egress denied)".into(),
+            hash: effective.hash().to_string(),
+            policy: effective,
+            base,
+            version,
+            source: source.to_string(),
         })
+    }
+
+    /// No policy and no providers: everything denied.
+    pub fn deny_all() -> Arc<Self> {
+        Self::new(Policy::deny_all(), Policy::deny_all(), 0, NO_POLICY)
+    }
+
+    /// The same base, composed again (providers attached or detached).
+    pub fn recompose(&self, compose: Compose<'_>) -> Result<Arc<Self>> {
+        let effective = compose(&self.base).map_err(anyhow::Error::msg)?;
+        Ok(Self::new(
+            self.base.clone(),
+            effective,
+            self.version,
+            &self.source,
+        ))
     }
 }
 
@@ -64,6 +92,7 @@ pub fn candidate(
     source: &str,
     provenance: &str,
     yaml: &str,
+    compose: Compose<'_>,
 ) -> Candidate {
     let version = latest_version + 1;
     let revision = |hash: String, status, error: Option<String>, yaml: Option<String>| Revision {
@@ -76,48 +105,54 @@ pub fn candidate(
         error,
         yaml,
     };
-    match Policy::parse(source, yaml) {
-        Ok(policy) if current.version > 0 && policy.hash() == current.hash => {
-            Candidate::Unchanged(Arc::new(Snapshot {
-                hash: policy.hash().to_string(),
-                policy,
-                version: current.version,
-                source: current.source.clone(),
-            }))
+    let failed = |error: String| Candidate::Failed {
+        revision: revision(
+            String::new(),
+            RevisionStatus::Failed,
+            Some(error.clone()),
+            None,
+        ),
+        error,
+    };
+    let policy = match Policy::parse(source, yaml) {
+        Ok(policy) => policy,
+        Err(e) => return failed(e.to_string()),
+    };
+    if current.version > 0 && policy.hash() == current.base.hash() {
+        return Candidate::Unchanged(Snapshot::new(
+            current.base.clone(),
+            current.policy.clone(),
+            current.version,
+            &current.source,
+        ));
+    }
+    let effective = match compose(&policy) {
+        Ok(effective) => effective,
+        Err(e) => {
+            return failed(format!(
+                "{source}: the policy does not compose with the sandbox's providers: {e}"
+            ));
         }
-        Ok(policy) => {
-            let hash = policy.hash().to_string();
-            Candidate::Load {
-                revision: revision(
-                    hash.clone(),
-                    RevisionStatus::Loaded,
-                    None,
-                    Some(yaml.to_string()),
-                ),
-                snapshot: Arc::new(Snapshot {
-                    policy,
-                    version,
-                    hash,
-                    source: source.to_string(),
-                }),
-            }
-        }
-        Err(e) => Candidate::Failed {
-            revision: revision(
-                String::new(),
-                RevisionStatus::Failed,
-                Some(e.to_string()),
-                None,
-            ),
-            error: e.to_string(),
-        },
+    };
+    Candidate::Load {
+        revision: revision(
+            policy.hash().to_string(),
+            RevisionStatus::Loaded,
+            None,
+            Some(yaml.to_string()),
+        ),
+        snapshot: Snapshot::new(policy, effective, version, source),
     }
 }
 
 /// Rebuilds the snapshot of a stored revision (agent start).
-pub fn snapshot_of(sandbox: &str, rev: Option<&Revision>) -> Result<Arc<Snapshot>> {
+pub fn snapshot_of(
+    sandbox: &str,
+    rev: Option<&Revision>,
+    compose: Compose<'_>,
+) -> Result<Arc<Snapshot>> {
     let Some(rev) = rev else {
-        return Ok(Snapshot::deny_all());
+        return Snapshot::deny_all().recompose(compose);
     };
     let yaml = rev.yaml.as_deref().unwrap_or_default();
     let policy = Policy::parse(&rev.source, yaml).with_context(|| {
@@ -126,12 +161,10 @@ pub fn snapshot_of(sandbox: &str, rev: Option<&Revision>) -> Result<Arc<Snapshot
             rev.version
         )
     })?;
-    Ok(Arc::new(Snapshot {
-        hash: policy.hash().to_string(),
-        policy,
-        version: rev.version,
-        source: rev.source.clone(),
-    }))
+    let effective = compose(&policy)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("sandbox {sandbox}: composing its providers"))?;
+    Ok(Snapshot::new(policy, effective, rev.version, &rev.source))
 }
 
 #[cfg(test)]
@@ -139,6 +172,10 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - host: example.test\n        port: 443\n";
+
+    fn same(p: &Policy) -> Result<Policy, String> {
+        Ok(p.clone())
+    }
 
     fn load(c: Candidate) -> (Arc<Snapshot>, Revision) {
         match c {
@@ -156,11 +193,12 @@ mod tests {
             "a.yaml",
             "operator",
             GOOD,
+            &same,
         ));
         assert_eq!((v1.version, rev.version), (1, 1));
         assert_eq!(rev.status, RevisionStatus::Loaded);
         assert!(matches!(
-            candidate(1, &v1, "a.yaml", "operator", GOOD),
+            candidate(1, &v1, "a.yaml", "operator", GOOD, &same),
             Candidate::Unchanged(s) if s.version == 1
         ));
         // A failed revision 2 in between: the next valid one is 3.
@@ -170,6 +208,7 @@ mod tests {
             "b.yaml",
             "operator",
             &GOOD.replace("443", "8443"),
+            &same,
         ));
         assert_eq!(v3.version, 3);
         assert_ne!(v1.hash, v3.hash);
@@ -183,6 +222,7 @@ mod tests {
             "bad.yaml",
             "operator",
             "version: 2\n",
+            &same,
         ) {
             Candidate::Failed { revision, error } => {
                 assert_eq!(revision.version, 2);
@@ -201,9 +241,10 @@ mod tests {
             "a.yaml",
             "operator",
             GOOD,
+            &same,
         ));
-        let snap = snapshot_of("demo", Some(&rev)).unwrap();
+        let snap = snapshot_of("demo", Some(&rev), &same).unwrap();
         assert_eq!(snap.version, 1);
-        assert_eq!(snapshot_of("demo", None).unwrap().version, 0);
+        assert_eq!(snapshot_of("demo", None, &same).unwrap().version, 0);
     }
 }

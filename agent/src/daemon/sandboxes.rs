@@ -20,6 +20,7 @@ use crate::{
     audit::{ConfigStateChange, PolicyFacts, PolicyLoad},
     config::AgentConfig,
     datapath,
+    policy::Policy,
     sandbox::{SandboxName, SandboxRecord, cgroup},
     store::{ApprovalMode, ChangeSet, SandboxRow},
 };
@@ -166,7 +167,11 @@ pub async fn restore(agent: &Agent) -> Result<()> {
             cgroup::create(&record.cgroup_path)?;
         }
         let current = agent.store.current_revision(&name).await?;
-        let snapshot = policies::snapshot_of(&name, current.as_ref())?;
+        let snapshot = {
+            let providers = agent.providers();
+            let compose = |base: &Policy| providers.compose(&name, base);
+            policies::snapshot_of(&name, current.as_ref(), &compose)?
+        };
         log_loaded(agent, &name, &snapshot, PolicyLoad::Initial);
         let view =
             bring_up(agent, row, snapshot).with_context(|| format!("restoring sandbox {name}"))?;
@@ -192,7 +197,15 @@ pub async fn create(agent: &Agent, req: NewSandbox) -> Result<SandboxView> {
     // Validate before touching the system.
     let candidate = match &policy_yaml {
         Some(yaml) => {
-            match policies::candidate(0, &Snapshot::deny_all(), &source, "sandbox create", yaml) {
+            // A new sandbox has no providers yet.
+            match policies::candidate(
+                0,
+                &Snapshot::deny_all(),
+                &source,
+                "sandbox create",
+                yaml,
+                &|p: &Policy| Ok(p.clone()),
+            ) {
                 Candidate::Failed { error, .. } => bail!(error),
                 other => Some(other),
             }
@@ -316,6 +329,11 @@ async fn remove(agent: &Agent, name: &str) -> Result<u32> {
     let mut change = ChangeSet::for_sandbox(name);
     change.delete_sandbox = true;
     agent.store.commit(change).await?;
+    agent
+        .providers
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget_sandbox(name);
     agent.pools.forget(record.id);
     Ok(killed)
 }
@@ -328,11 +346,7 @@ pub struct PolicySet {
 
 fn live(agent: &Agent, name: &str) -> Result<SandboxView> {
     agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(name)
-        .cloned()
+        .sandbox(name)
         .with_context(|| format!("no sandbox named `{name}` (see `portcullis sandbox list`)"))
 }
 
@@ -348,7 +362,12 @@ pub async fn set_policy(agent: &Agent, name: &str, source: &str, yaml: &str) -> 
         .last()
         .map_or(0, |r| r.version);
     let current = view.snapshot();
-    match policies::candidate(latest, &current, source, "operator", yaml) {
+    let candidate = {
+        let providers = agent.providers();
+        let compose = |base: &Policy| providers.compose(name, base);
+        policies::candidate(latest, &current, source, "operator", yaml, &compose)
+    };
+    match candidate {
         Candidate::Unchanged(snapshot) => Ok(PolicySet {
             snapshot,
             unchanged: true,

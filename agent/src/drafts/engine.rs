@@ -31,11 +31,19 @@ const AGENT_CONFIDENCE: f64 = 0.75;
 /// Bumped when the inputs of the review token change meaning.
 const REVIEW_TOKEN_TAG: &str = "portcullis-review-v1";
 
+/// Turns a base (user) policy into the effective one: the sandbox's
+/// provider rules composed in. Merges apply to the base; coverage and
+/// validation look at the effective policy.
+pub type Compose<'a> = &'a (dyn Fn(&Policy) -> Result<Policy, String> + Sync);
+
 /// One sandbox's draft state, as read from the store.
 pub struct State<'a> {
     pub sandbox: &'a str,
-    /// The policy in force.
+    /// The base policy in force (what revisions store).
     pub policy: &'a Policy,
+    /// `policy` with the providers composed in: what is enforced.
+    pub effective: &'a Policy,
+    pub compose: Compose<'a>,
     /// Its version; 0 when the sandbox never had one (all egress denied).
     pub policy_version: u64,
     /// The newest revision number, failed ones included.
@@ -50,7 +58,9 @@ pub struct State<'a> {
 /// A policy that becomes current once the change is committed.
 #[derive(Debug)]
 pub struct Load {
+    /// The base policy written as the revision.
     pub policy: Policy,
+    pub effective: Policy,
     pub version: u64,
     pub source: String,
 }
@@ -133,7 +143,8 @@ pub struct ApproveAllSummary {
 /// A chunk's rule evaluated against a policy.
 #[derive(Debug)]
 pub struct Evaluation {
-    pub merged: Result<Merged, String>,
+    /// The merged base policy and its effective form.
+    pub merged: Result<(Merged, Policy), String>,
     pub validation_result: String,
     pub review_token: String,
     pub current_hash: String,
@@ -185,16 +196,29 @@ pub fn security_notes(chunk: &Chunk) -> Vec<String> {
     }
 }
 
-/// Evaluates `rule` as an AddRule on `policy`: merge, validate, diff the
-/// findings, and bind it all in a review token.
-pub fn evaluate(policy: &Policy, rule: &ProposedRule, creds: &CredentialSet) -> Evaluation {
-    let current_hash = policy.hash().to_string();
-    let merged = merge::add_rule(policy, rule).map_err(|e| format!("merge failed: {e}"));
+/// Evaluates `rule` as an AddRule on the base policy: merge, compose,
+/// validate the effective policies, diff the findings, and bind it all in
+/// a review token.
+pub fn evaluate(
+    state: &State<'_>,
+    base: &Policy,
+    effective: &Policy,
+    rule: &ProposedRule,
+) -> Evaluation {
+    let creds = state.credentials;
+    let current_hash = effective.hash().to_string();
+    let merged = merge::add_rule(base, rule)
+        .map_err(|e| format!("merge failed: {e}"))
+        .and_then(|m| {
+            let effective =
+                (state.compose)(&m.policy).map_err(|e| format!("candidate invalid: {e}"))?;
+            Ok((m, effective))
+        });
     let (validation_result, candidate_hash, candidate_yaml) = match &merged {
-        Ok(m) => (
-            validator::validation_result(&validator::new_findings(policy, &m.policy, creds)),
-            m.policy.hash().to_string(),
-            policy_yaml(&m.policy),
+        Ok((_, candidate)) => (
+            validator::validation_result(&validator::new_findings(effective, candidate, creds)),
+            candidate.hash().to_string(),
+            policy_yaml(candidate),
         ),
         Err(_) => (
             VALIDATION_UNAVAILABLE.to_string(),
@@ -213,7 +237,7 @@ pub fn evaluate(policy: &Policy, rule: &ProposedRule, creds: &CredentialSet) -> 
         merged,
         validation_result,
         review_token,
-        current_yaml: policy_yaml(policy),
+        current_yaml: policy_yaml(effective),
         current_hash,
         candidate_hash,
         candidate_yaml,
@@ -269,7 +293,9 @@ struct Work<'a> {
     state: &'a State<'a>,
     chunks: Vec<Chunk>,
     changed: HashSet<String>,
+    /// The base policy, as this operation leaves it.
     policy: Policy,
+    effective: Policy,
     version: u64,
     out: Outcome,
 }
@@ -281,6 +307,7 @@ impl<'a> Work<'a> {
             chunks: state.chunks.to_vec(),
             changed: HashSet::new(),
             policy: state.policy.clone(),
+            effective: state.effective.clone(),
             version: state.latest_version,
             out: Outcome {
                 change: ChangeSet {
@@ -328,12 +355,21 @@ impl<'a> Work<'a> {
             .push(Event::Rejected(self.chunks[i].clone()));
     }
 
-    /// Writes `policy` as the next version, to load after the commit.
-    fn write_policy(&mut self, policy: Policy, source: String, provenance: &str) {
+    /// Writes `policy` (with its effective form) as the next version, to
+    /// load after the commit.
+    fn write_policy(
+        &mut self,
+        policy: Policy,
+        effective: Policy,
+        source: String,
+        provenance: &str,
+    ) {
         self.version += 1;
         self.policy = policy;
+        self.effective = effective;
         self.out.load = Some(Load {
             policy: self.policy.clone(),
+            effective: self.effective.clone(),
             version: self.version,
             source: source.clone(),
         });
@@ -350,11 +386,17 @@ impl<'a> Work<'a> {
     }
 
     /// Marks chunk `i` approved under the merged policy.
-    fn approve(&mut self, i: usize, merged: Merged, actor: &str, auto: bool) {
+    fn approve(
+        &mut self,
+        i: usize,
+        (merged, effective): (Merged, Policy),
+        actor: &str,
+        auto: bool,
+    ) {
         let id = self.chunks[i].id.clone();
-        self.write_policy(merged.policy, format!("chunk {id}"), actor);
+        self.write_policy(merged.policy, effective, format!("chunk {id}"), actor);
         let version = self.version;
-        let hash = self.policy.hash().to_string();
+        let hash = self.effective.hash().to_string();
         let chunk = &mut self.chunks[i];
         chunk.status = ChunkStatus::Approved;
         chunk.decided_at_ms = Some(self.state.now_ms);
@@ -389,7 +431,7 @@ impl<'a> Work<'a> {
                 continue;
             }
             let rule = proposed(&self.chunks[i]);
-            if merge::covers(&self.policy, &rule) {
+            if merge::covers(&self.effective, &rule) {
                 self.reject(
                     i,
                     format!("covered by active policy revision {version}"),
@@ -397,7 +439,7 @@ impl<'a> Work<'a> {
                 );
                 continue;
             }
-            let eval = evaluate(&self.policy, &rule, self.state.credentials);
+            let eval = evaluate(self.state, &self.policy, &self.effective, &rule);
             if eval.review_token != self.chunks[i].review_token {
                 eval.write_to(&mut self.chunks[i]);
                 self.touch(i);
@@ -422,15 +464,18 @@ impl<'a> Work<'a> {
         let policy = merge::revoke(&self.policy, &grant).map_err(|e| {
             DraftError::FailedPrecondition(format!("cannot remove chunk {}: {e}", chunk.id))
         })?;
+        let effective = (self.state.compose)(&policy).map_err(|e| {
+            DraftError::FailedPrecondition(format!("cannot remove chunk {}: {e}", chunk.id))
+        })?;
         let id = chunk.id.clone();
-        self.write_policy(policy, format!("revoke chunk {id}"), actor);
+        self.write_policy(policy, effective, format!("revoke chunk {id}"), actor);
         let chunk = &mut self.chunks[i];
         chunk.grant = None;
         chunk.approved_policy_version = None;
         self.out.events.push(Event::Revoked {
             chunk: chunk.clone(),
             version: self.version,
-            hash: self.policy.hash().to_string(),
+            hash: self.effective.hash().to_string(),
         });
         Ok(())
     }
@@ -481,7 +526,7 @@ pub fn submit(
     let live_version = state.policy_version;
     for i in 0..w.chunks.len() {
         let c = &w.chunks[i];
-        if c.status == ChunkStatus::Pending && merge::covers(&w.policy, &proposed(c)) {
+        if c.status == ChunkStatus::Pending && merge::covers(&w.effective, &proposed(c)) {
             w.reject(
                 i,
                 format!("covered by active policy revision {live_version}"),
@@ -503,7 +548,7 @@ pub fn submit(
                 continue;
             }
         };
-        let eval = evaluate(&w.policy, &proposed, state.credentials);
+        let eval = evaluate(state, &w.policy, &w.effective, &proposed);
         if let Err(e) = &eval.merged {
             // Agent-authored chunks that cannot apply are refused at
             // submit, not stored (§5.5 step 4).
@@ -594,7 +639,7 @@ fn auto_approve(w: &mut Work<'_>, id: &str) {
     if w.chunks[i].status != ChunkStatus::Pending || !security_notes(&w.chunks[i]).is_empty() {
         return;
     }
-    let eval = evaluate(&w.policy, &proposed(&w.chunks[i]), w.state.credentials);
+    let eval = evaluate(w.state, &w.policy, &w.effective, &proposed(&w.chunks[i]));
     if eval.validation_result != NO_NEW_FINDINGS {
         return;
     }
@@ -624,7 +669,7 @@ pub fn approve(state: &State<'_>, chunk_id: &str, review_token: &str, actor: &st
             "review token does not match the fetched proposal; refetch and review again".into(),
         ));
     }
-    let eval = evaluate(&w.policy, &proposed(chunk), state.credentials);
+    let eval = evaluate(state, &w.policy, &w.effective, &proposed(chunk));
     if eval.review_token != chunk.review_token {
         eval.write_to(&mut w.chunks[i]);
         w.touch(i);
@@ -689,7 +734,7 @@ pub fn undo(state: &State<'_>, chunk_id: &str, actor: &str) -> Outcome {
     if let Err(e) = w.revoke(i, actor) {
         return refused(e);
     }
-    let eval = evaluate(&w.policy, &proposed(&w.chunks[i]), state.credentials);
+    let eval = evaluate(state, &w.policy, &w.effective, &proposed(&w.chunks[i]));
     let chunk = &mut w.chunks[i];
     eval.write_to(chunk);
     chunk.status = ChunkStatus::Pending;
@@ -728,7 +773,6 @@ pub fn approve_all(
         let (a, b) = (&w.chunks[a], &w.chunks[b]);
         (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id))
     });
-    let staged_from = w.policy.clone();
     let mut staged = w.policy.clone();
     let mut approved: Vec<(usize, Merged)> = Vec::new();
     for i in pending {
@@ -763,7 +807,7 @@ pub fn approve_all(
         }
         // The token binds the evaluation against the policy in force;
         // staging on top of earlier chunks must still merge cleanly.
-        let fresh = evaluate(&staged_from, &proposed(chunk), state.credentials);
+        let fresh = evaluate(state, &w.policy, &w.effective, &proposed(chunk));
         if fresh.review_token != chunk.review_token {
             summary.skipped.push(skip(
                 "inputs changed since review; refetch and review again",
@@ -783,9 +827,20 @@ pub fn approve_all(
     if approved.is_empty() {
         return (summary, w.finish());
     }
-    w.write_policy(staged, "approve-all".into(), actor);
+    let effective = match (state.compose)(&staged) {
+        Ok(effective) => effective,
+        Err(e) => {
+            return (
+                summary,
+                refused(DraftError::FailedPrecondition(format!(
+                    "the approved chunks do not compose with the sandbox's providers: {e}"
+                ))),
+            );
+        }
+    };
+    w.write_policy(staged, effective, "approve-all".into(), actor);
     let version = w.version;
-    let hash = w.policy.hash().to_string();
+    let hash = w.effective.hash().to_string();
     for (i, merged) in approved {
         let chunk = &mut w.chunks[i];
         chunk.status = ChunkStatus::Approved;

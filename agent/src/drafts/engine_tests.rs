@@ -16,6 +16,11 @@ network_policies:
       - path: /usr/bin/curl
 "#;
 
+/// A sandbox without providers: the effective policy is the base.
+fn same(p: &Policy) -> Result<Policy, String> {
+    Ok(p.clone())
+}
+
 fn policy(yaml: &str) -> Policy {
     Policy::parse("test", yaml).unwrap()
 }
@@ -76,6 +81,8 @@ impl Fixture {
         State {
             sandbox: "sb",
             policy: &self.policy,
+            effective: &self.policy,
+            compose: &same,
             policy_version: self.version,
             latest_version: self.version,
             chunks: &self.chunks,
@@ -495,7 +502,21 @@ fn review_tokens_bind_the_rule_the_policy_and_the_credentials() {
         canonical: merge::propose("w", &put_rule(path)).unwrap().canonical,
     };
     let none = CredentialSet::default();
-    let t = |p: &Policy, r: &ProposedRule, c: &CredentialSet| evaluate(p, r, c).review_token;
+    let t = |p: &Policy, r: &ProposedRule, c: &CredentialSet| {
+        let state = State {
+            sandbox: "sb",
+            policy: p,
+            effective: p,
+            compose: &same,
+            policy_version: 1,
+            latest_version: 1,
+            chunks: &[],
+            credentials: c,
+            approval_mode: ApprovalMode::Manual,
+            now_ms: 0,
+        };
+        evaluate(&state, p, p, r).review_token
+    };
     let token = t(&base, &rule("/x"), &none);
     assert_eq!(token, t(&base, &rule("/x"), &none), "stable");
     assert_ne!(token, t(&base, &rule("/y"), &none));

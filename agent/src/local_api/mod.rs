@@ -232,13 +232,7 @@ fn chunk_not_found(id: &str) -> Reply {
 }
 
 fn current_policy(agent: &Agent, sandbox: &str) -> Reply {
-    let view = agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(sandbox)
-        .cloned();
-    let Some(view) = view else {
+    let Some(view) = agent.sandbox(sandbox) else {
         return error(
             StatusCode::NOT_FOUND,
             "policy_unavailable",
@@ -371,13 +365,9 @@ async fn wait(agent: &Agent, sandbox: &str, id: &str, timeout: Duration) -> Repl
 /// True once the sandbox's loaded policy covers the chunk's rule, waiting
 /// for reloads until the deadline (at least the reload grace).
 async fn wait_for_coverage(agent: &Agent, sandbox: &str, chunk: &Chunk, deadline: Instant) -> bool {
-    let view = agent
-        .sandboxes
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(sandbox)
-        .cloned();
-    let Some(view) = view else { return false };
+    let Some(view) = agent.sandbox(sandbox) else {
+        return false;
+    };
     let mut rx = view.policy.subscribe();
     let rule = engine::proposed(chunk);
     let deadline = deadline.max(Instant::now() + RELOAD_GRACE);

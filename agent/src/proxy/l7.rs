@@ -33,6 +33,7 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
+use crate::providers::placeholder::{self, RequestHead, ResolveError};
 use crate::{
     audit::{ConnectionFacts, DenyCause, HttpActivity, HttpRequestFacts, NetworkActivity},
     daemon::{Agent, policies::Snapshot},
@@ -467,6 +468,51 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 impl Session {
+    /// The request target to send (canonical, placeholders resolved), with
+    /// the headers rewritten in place.
+    fn resolve_credentials(
+        &self,
+        req: &mut Request<Incoming>,
+        method: &str,
+        target: &crate::proxy::http::canonical::Target,
+    ) -> Result<String, ResolveError> {
+        let origin = target.origin_form();
+        let headers: Vec<(String, Vec<u8>)> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let credentials = self.agent.providers().credentials(&self.facts.sandbox);
+        let head = RequestHead {
+            scheme_is_tls: self.tls,
+            method,
+            host: &self.host,
+            port: self.port,
+            path: &target.path,
+            target: &origin,
+            headers: &headers,
+        };
+        let Some(rewritten) = placeholder::resolve(&head, &credentials)? else {
+            return Ok(origin);
+        };
+        let mut map = HeaderMap::with_capacity(rewritten.headers.len());
+        for (name, value) in rewritten.headers {
+            // The resolver refused CR, LF and NUL; anything else hyper
+            // rejects fails closed the same way.
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value),
+            ) else {
+                return Err(ResolveError::LeftoverMarker {
+                    location: "a header the proxy could not rebuild".into(),
+                });
+            };
+            map.append(name, value);
+        }
+        *req.headers_mut() = map;
+        Ok(rewritten.target)
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         match &self.policy {
             Some(rx) => rx.borrow().clone(),
@@ -594,6 +640,27 @@ impl Session {
                     }));
                 }
             };
+        // Placeholders become secrets only now, after the policy admitted
+        // the request, and only toward the hosts they are bound to.
+        let origin = match self.resolve_credentials(&mut req, &method, &target) {
+            Ok(origin) => origin,
+            Err(e) => {
+                let facts = self.event_facts(Some(&rule), Some(e.message()), &snapshot);
+                self.agent
+                    .audit
+                    .log(HttpActivity::denied(&facts, &request_facts).into());
+                let kind = match &e {
+                    ResolveError::EndpointMismatch { .. }
+                    | ResolveError::PlainHttp { .. }
+                    | ResolveError::EchoMethod { .. } => ErrorKind::CredentialEndpointMismatch,
+                    ResolveError::Unavailable { .. } | ResolveError::InvalidSecret { .. } => {
+                        ErrorKind::CredentialUnavailable
+                    }
+                    ResolveError::LeftoverMarker { .. } => ErrorKind::InvalidCredentialPlaceholder,
+                };
+                return respond(DenyResponse::error(kind, &e.message()));
+            }
+        };
         let facts = self.event_facts(Some(&rule), audit_reason.clone(), &snapshot);
         let event = match audit_reason {
             Some(_) => HttpActivity::audited(&facts, &request_facts),
@@ -607,7 +674,6 @@ impl Session {
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let origin = target.origin_form();
         let uri = match upstream {
             Upstream::H1(_) => origin.parse(),
             Upstream::H2(_) => {

@@ -121,7 +121,10 @@ pub fn check_provider_name(name: &str) -> Result<(), InvalidProviderField> {
 
 /// Empty (no type), or a profile id: an ASCII letter or digit, then
 /// letters, digits, `-`, `_` or `.`, at most 64 bytes.
-pub fn check_provider_type(provider: &str, provider_type: &str) -> Result<(), InvalidProviderField> {
+pub fn check_provider_type(
+    provider: &str,
+    provider_type: &str,
+) -> Result<(), InvalidProviderField> {
     let bytes = provider_type.as_bytes();
     let valid = bytes.is_empty()
         || (bytes.len() <= MAX_PROVIDER_TYPE_BYTES
@@ -140,13 +143,16 @@ pub fn check_provider_type(provider: &str, provider_type: &str) -> Result<(), In
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]{0,127}`, and not of the forms `v<digits>_...`
-/// or `s<64 hex>_...`, which credential placeholders reserve (§6.4).
+/// or `s<64 hex>_...`, which credential placeholders reserve (§6.4); the
+/// same rule as `providers::placeholder::valid_key`.
 pub fn check_credential_key(provider: &str, key: &str) -> Result<(), InvalidProviderField> {
     let bytes = key.as_bytes();
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_CREDENTIAL_KEY_BYTES
         && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
     if !valid {
         return Err(InvalidProviderField(format!(
             "credential key `{}` of provider `{provider}` is not valid: use 1 to \
@@ -177,11 +183,8 @@ fn is_reserved_credential_key(key: &str) -> bool {
         return generation(rest, u8::is_ascii_digit, None);
     }
     if let Some(rest) = key.strip_prefix('s') {
-        return generation(
-            rest,
-            |b| b.is_ascii_digit() || (b'a'..=b'f').contains(b),
-            Some(64),
-        );
+        // Either case, as `providers/placeholder.rs` reads them.
+        return generation(rest, u8::is_ascii_hexdigit, Some(64));
     }
     false
 }

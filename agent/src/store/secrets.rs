@@ -51,6 +51,12 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+impl std::fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 impl From<String> for SecretValue {
     fn from(value: String) -> Self {
         Self(value)
@@ -229,11 +235,14 @@ impl SecretKey {
     /// Decrypts what [`SecretKey::seal`] wrote for the same provider and
     /// key. Fails with [`StoreError::Corrupt`] naming both if the bytes were
     /// altered, moved from another slot, or sealed under another key.
-    pub fn open(&self, provider: &str, key: &str, sealed: &[u8]) -> Result<SecretValue, StoreError> {
+    pub fn open(
+        &self,
+        provider: &str,
+        key: &str,
+        sealed: &[u8],
+    ) -> Result<SecretValue, StoreError> {
         let corrupt = |what: &str| {
-            StoreError::Corrupt(format!(
-                "provider_credentials row {provider}/{key}: {what}"
-            ))
+            StoreError::Corrupt(format!("provider_credentials row {provider}/{key}: {what}"))
         };
         if sealed.len() < NONCE_LEN + TAG_LEN {
             return Err(corrupt(&format!(
@@ -247,7 +256,11 @@ impl SecretKey {
         let mut in_out = ciphertext.to_vec();
         let plaintext = self
             .key
-            .open_in_place(nonce, Aad::from(associated_data(provider, key)), &mut in_out)
+            .open_in_place(
+                nonce,
+                Aad::from(associated_data(provider, key)),
+                &mut in_out,
+            )
             .map_err(|_| {
                 corrupt(&format!(
                     "the value does not decrypt: it was sealed under another key than {} \

@@ -255,12 +255,101 @@ impl SqliteStore {
     /// `BEGIN IMMEDIATE` takes the write lock up front, so a transaction
     /// that reads then writes cannot fail half-way on a lock upgrade.
     async fn begin_write(&self) -> Result<sqlx::SqliteTransaction<'static>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(|e| db_error(&self.path, "starting a write transaction", e))
+        begin_write(&self.pool, &self.path).await
     }
 
+    /// A connection for reads.
+    async fn reader(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| db_error(&self.path, "taking a database connection", e))
+    }
+}
+
+async fn begin_write(
+    pool: &SqlitePool,
+    path: &Path,
+) -> Result<sqlx::SqliteTransaction<'static>, StoreError> {
+    pool.begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| db_error(path, "starting a write transaction", e))
+}
+
+/// Creates the schema, or brings an older one of ours up to date in one
+/// transaction; refuses a newer one.
+async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let mut tx = begin_write(pool, path).await?;
+    let has_meta: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| db_error(path, "reading the schema", e))?;
+    let stored = if has_meta > 0 {
+        get_meta(&mut tx, path, "schema_version")
+            .await?
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    if stored > u64::from(SCHEMA_VERSION) {
+        return Err(StoreError::Backend(format!(
+            "database {} has schema version {stored}, newer than this agent \
+             understands ({SCHEMA_VERSION}); upgrade portcullis, or move the file \
+             away to start from an empty store",
+            path.display()
+        )));
+    }
+    for (version, step) in MIGRATIONS {
+        if u64::from(version) <= stored {
+            continue;
+        }
+        sqlx::raw_sql(step).execute(&mut *tx).await.map_err(|e| {
+            db_error(
+                path,
+                &format!("bringing the schema from version {stored} to {version}"),
+                e,
+            )
+        })?;
+    }
+    if stored < u64::from(SCHEMA_VERSION) {
+        set_meta(&mut tx, path, "schema_version", u64::from(SCHEMA_VERSION)).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| db_error(path, "committing the schema", e))
+}
+
+/// Loads `secrets.key`, creating it only while no sealed credential exists:
+/// a new key could not open them, and a store mixing two keys is worse
+/// than one that refuses to start.
+async fn load_secret_key(
+    pool: &SqlitePool,
+    path: &Path,
+    state_dir: &Path,
+) -> Result<SecretKey, StoreError> {
+    if let Some(key) = SecretKey::load(state_dir)? {
+        return Ok(key);
+    }
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| db_error(path, "taking a database connection", e))?;
+    let sealed = provider_sql::sealed_credential_count(&mut conn, path).await?;
+    if sealed > 0 {
+        let key_path = state_dir.join(super::secrets::KEY_FILE);
+        return Err(StoreError::Backend(format!(
+            "secret key file {} is missing, but database {} holds {sealed} provider \
+             credentials sealed with it; restore the key file from a backup, or give the \
+             credentials up with `sqlite3 {} 'DELETE FROM provider_credentials'` and set \
+             them again",
+            key_path.display(),
+            path.display(),
+            path.display()
+        )));
+    }
+    SecretKey::create(state_dir)
 }
 
 #[async_trait::async_trait]
@@ -381,6 +470,59 @@ impl Store for SqliteStore {
             )
         })
     }
+
+    async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let mut conn = self.reader().await?;
+        provider_sql::read_providers(&mut conn, &self.path, &self.secrets, None).await
+    }
+
+    async fn provider(&self, name: &str) -> Result<Option<ProviderRecord>, StoreError> {
+        let mut conn = self.reader().await?;
+        let found =
+            provider_sql::read_providers(&mut conn, &self.path, &self.secrets, Some(name)).await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn put_provider(&self, change: ProviderChange) -> Result<ProviderRecord, StoreError> {
+        check_provider_change(&change)?;
+        let path = &self.path;
+        let now = now_unix_ms();
+        let _writer = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        // An error returns before `commit`; dropping `tx` rolls back.
+        let record = match &change {
+            ProviderChange::Create(record) => {
+                provider_sql::create_provider(&mut tx, path, &self.secrets, record, now).await?
+            }
+            ProviderChange::Update { name, set, remove } => {
+                provider_sql::update_provider(&mut tx, path, &self.secrets, name, set, remove, now)
+                    .await?
+            }
+            ProviderChange::Delete { name } => {
+                provider_sql::delete_provider(&mut tx, path, name).await?
+            }
+        };
+        tx.commit().await.map_err(|e| {
+            db_error(
+                path,
+                &format!("committing a change to provider `{}`", change.name()),
+                e,
+            )
+        })?;
+        Ok(record)
+    }
+
+    async fn attached(&self, sandbox: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.reader().await?;
+        provider_sql::attached_providers(&mut conn, &self.path, sandbox).await
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Creates the database file readable by its owner only before SQLite
@@ -408,7 +550,9 @@ fn check_change(change: &ChangeSet) -> Result<(), StoreError> {
             || change.revision.is_some()
             || !change.upsert_chunks.is_empty()
             || !change.delete_chunks.is_empty()
-            || !change.history.is_empty())
+            || !change.history.is_empty()
+            || !change.attach_providers.is_empty()
+            || !change.detach_providers.is_empty())
     {
         return Err(StoreError::Invalid(format!(
             "deleting sandbox `{sandbox}` cannot be combined with other changes to it"
@@ -436,6 +580,22 @@ fn check_change(change: &ChangeSet) -> Result<(), StoreError> {
                 chunk.id, chunk.confidence
             )));
         }
+    }
+    for provider in change
+        .attach_providers
+        .iter()
+        .chain(&change.detach_providers)
+    {
+        check_provider_name(provider)?;
+    }
+    if let Some(both) = change
+        .attach_providers
+        .iter()
+        .find(|p| change.detach_providers.contains(p))
+    {
+        return Err(StoreError::Invalid(format!(
+            "change to `{sandbox}` both attaches and detaches provider `{both}`"
+        )));
     }
     Ok(())
 }
@@ -510,6 +670,9 @@ async fn apply_change(
         }
         prune_history(conn, path, sandbox).await?;
     }
+
+    provider_sql::detach_providers(conn, path, sandbox, &change.detach_providers).await?;
+    provider_sql::attach_providers(conn, path, sandbox, &change.attach_providers).await?;
     Ok(())
 }
 

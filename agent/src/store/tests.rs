@@ -5,7 +5,7 @@ use serde_json::json;
 use super::{legacy::import_legacy, *};
 use crate::sandbox::registry::SandboxName;
 
-fn sandbox_row(name: &str, id: u32) -> SandboxRow {
+pub(super) fn sandbox_row(name: &str, id: u32) -> SandboxRow {
     SandboxRow {
         record: SandboxRecord {
             name: SandboxName::try_from(name).unwrap(),
@@ -18,7 +18,7 @@ fn sandbox_row(name: &str, id: u32) -> SandboxRow {
     }
 }
 
-fn revision(version: u64, status: RevisionStatus) -> Revision {
+pub(super) fn revision(version: u64, status: RevisionStatus) -> Revision {
     let loaded = status != RevisionStatus::Failed;
     Revision {
         version,
@@ -36,7 +36,7 @@ fn revision(version: u64, status: RevisionStatus) -> Revision {
     }
 }
 
-fn chunk(sandbox: &str, id: &str, created_at_ms: i64, status: ChunkStatus) -> Chunk {
+pub(super) fn chunk(sandbox: &str, id: &str, created_at_ms: i64, status: ChunkStatus) -> Chunk {
     let decided = status.is_decided();
     Chunk {
         id: id.into(),
@@ -75,7 +75,7 @@ fn chunk(sandbox: &str, id: &str, created_at_ms: i64, status: ChunkStatus) -> Ch
     }
 }
 
-fn entry(timestamp_ms: i64, event_type: &str, chunk_id: &str) -> HistoryEntry {
+pub(super) fn entry(timestamp_ms: i64, event_type: &str, chunk_id: &str) -> HistoryEntry {
     HistoryEntry {
         timestamp_ms,
         event_type: event_type.into(),
@@ -85,11 +85,11 @@ fn entry(timestamp_ms: i64, event_type: &str, chunk_id: &str) -> HistoryEntry {
     }
 }
 
-async fn open(dir: &Path) -> SqliteStore {
+pub(super) async fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(dir).await.unwrap()
 }
 
-async fn create(store: &SqliteStore, name: &str) -> SandboxRow {
+pub(super) async fn create(store: &SqliteStore, name: &str) -> SandboxRow {
     let id = store.allocate_sandbox_id().await.unwrap();
     let row = sandbox_row(name, id);
     store
@@ -102,7 +102,7 @@ async fn create(store: &SqliteStore, name: &str) -> SandboxRow {
     row
 }
 
-fn is_conflict(result: Result<(), StoreError>) -> String {
+pub(super) fn is_conflict(result: Result<(), StoreError>) -> String {
     match result {
         Err(StoreError::Conflict(message)) => message,
         other => panic!("expected a conflict, got {other:?}"),
@@ -683,7 +683,7 @@ async fn an_existing_loose_database_file_is_tightened() {
 async fn a_newer_schema_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
-    sqlx::query("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    sqlx::query("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
         .execute(&store.pool_for_tests())
         .await
         .unwrap();
@@ -695,7 +695,7 @@ async fn a_newer_schema_is_refused_with_a_message() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("portcullis.db has schema version 2"), "{err}");
+    assert!(err.contains("portcullis.db has schema version 3"), "{err}");
     assert!(err.contains("upgrade portcullis"), "{err}");
 }
 

@@ -149,9 +149,7 @@ pub(super) async fn update_provider(
             .bind(name)
             .fetch_all(&mut *conn)
             .await
-            .map_err(|e| {
-                db_error(path, &format!("reading credential keys of `{name}`"), e)
-            })?
+            .map_err(|e| db_error(path, &format!("reading credential keys of `{name}`"), e))?
             .into_iter()
             .collect();
     if let Some(missing) = remove.iter().find(|key| !keys.contains(*key)) {
@@ -171,13 +169,7 @@ pub(super) async fn update_provider(
             .bind(key)
             .execute(&mut *conn)
             .await
-            .map_err(|e| {
-                db_error(
-                    path,
-                    &format!("removing credential `{key}` of `{name}`"),
-                    e,
-                )
-            })?;
+            .map_err(|e| db_error(path, &format!("removing credential `{key}` of `{name}`"), e))?;
     }
     for (key, value) in set {
         put_credential(conn, path, secrets, name, key, value).await?;
@@ -205,7 +197,13 @@ pub(super) async fn update_provider(
     .bind(to_i64(now, "update time of provider", name)?)
     .execute(&mut *conn)
     .await
-    .map_err(|e| db_error(path, &format!("bumping the revision of provider `{name}`"), e))?;
+    .map_err(|e| {
+        db_error(
+            path,
+            &format!("bumping the revision of provider `{name}`"),
+            e,
+        )
+    })?;
 
     read_providers(conn, path, secrets, Some(name))
         .await?
@@ -276,19 +274,17 @@ async fn sandboxes_attached_to(
     path: &Path,
     provider: &str,
 ) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT sandbox FROM sandbox_providers WHERE provider = ?1 ORDER BY sandbox",
-    )
-    .bind(provider)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| {
-        db_error(
-            path,
-            &format!("finding the sandboxes provider `{provider}` is attached to"),
-            e,
-        )
-    })
+    sqlx::query_scalar("SELECT sandbox FROM sandbox_providers WHERE provider = ?1 ORDER BY sandbox")
+        .bind(provider)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| {
+            db_error(
+                path,
+                &format!("finding the sandboxes provider `{provider}` is attached to"),
+                e,
+            )
+        })
 }
 
 /// Providers attached to a sandbox, in attachment order.
