@@ -493,34 +493,51 @@ impl RestFixture {
         policy: &str,
         create_args: &[&str],
     ) -> RestFixture {
+        Self::serving(
+            upstream_bin,
+            name,
+            index,
+            policy,
+            create_args,
+            &["api.example.test", "other.example.test"],
+            (8443, 8080),
+        )
+    }
+
+    /// `start`, with the stand-in answering for `hosts` on the (TLS,
+    /// plain) ports.
+    pub fn serving(
+        upstream_bin: &str,
+        name: &str,
+        index: u16,
+        policy: &str,
+        create_args: &[&str],
+        hosts: &[&str],
+        (tls_port, plain_port): (u16, u16),
+    ) -> RestFixture {
         let certs = PathBuf::from(format!("/tmp/portcullis-e2e/{name}-certs"));
         let _ = std::fs::remove_dir_all(&certs);
         std::fs::create_dir_all(&certs).unwrap();
         let out = Command::new(upstream_bin)
-            .args([
-                "gen-certs",
-                certs.to_str().unwrap(),
-                "api.example.test",
-                "other.example.test",
-            ])
+            .arg("gen-certs")
+            .arg(&certs)
+            .args(hosts)
             .output()
             .unwrap();
         assert!(out.status.success(), "gen-certs: {}", stderr(&out));
         let mut upstream = Upstream::create(index);
+        let (tls_port, plain_port) = (tls_port.to_string(), plain_port.to_string());
         upstream.spawn(&[
             upstream_bin,
             "serve",
             "--tls-port",
-            "8443",
+            &tls_port,
             "--plain-port",
-            "8080",
+            &plain_port,
             "--cert",
             certs.to_str().unwrap(),
         ]);
-        let hosts = [
-            ("api.example.test", upstream.ip4.as_str()),
-            ("other.example.test", upstream.ip4.as_str()),
-        ];
+        let hosts: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, upstream.ip4.as_str())).collect();
         let extra = format!("upstream_extra_roots:\n  - {}/ca.pem\n", certs.display());
         let agent = Agent::start_with(name, index, &hosts, &extra);
         let path = agent.write_policy("policy.yaml", policy);

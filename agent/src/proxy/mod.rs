@@ -348,6 +348,31 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
         return;
     }
 
+    // A host the sandbox holds credentials for is reached only through
+    // inspection, where placeholders are checked; a raw tunnel could carry
+    // them anywhere. The endpoint may opt out explicitly.
+    if !allow.endpoint.allow_uninspected_credentials
+        && let Some(provider) = credential_provider_for(&agent, &conn.sandbox, &host, question.port)
+    {
+        let detail = format!(
+            "{host}:{} carries credentials of provider '{provider}' and must be inspected: give the endpoint `protocol: rest` (without `tls: skip`), or set `allow_uninspected_credentials: true`",
+            question.port
+        );
+        let responder = l7::error_responder(
+            crate::deny::ErrorKind::UninspectedCredentials,
+            detail.clone(),
+        );
+        return refuse_with(
+            &agent,
+            stream,
+            prefix,
+            web,
+            host,
+            with_reason(facts, detail),
+            DenyCause::UninspectedCredentials,
+            responder,
+        );
+    }
     let facts = ConnectionFacts {
         dst_ip: permitted.first().copied(),
         ..facts
@@ -685,4 +710,14 @@ pub fn audit_kernel_denial(
         .with_unmapped("cgroup_id", record.cgroup_id)
         .with_unmapped("hook", hook)
         .into()
+}
+
+/// The provider whose credentials are bound to `host:port` in `sandbox`.
+fn credential_provider_for(agent: &Agent, sandbox: &str, host: &str, port: u16) -> Option<String> {
+    agent
+        .providers()
+        .credentials(sandbox)
+        .into_iter()
+        .find(|c| c.bindings.iter().any(|b| b.admits(host, port, "/")))
+        .map(|c| c.provider)
 }

@@ -10,7 +10,7 @@
 //!   Prints `ready` once both listen, then serves until killed.
 //!
 //! Every request gets a 200 `application/json` reply describing it:
-//! `{"method","path","query","host","version","body_len","te"}`, after the
+//! `{"method","path","query","host","version","body_len","te","authorization","x-api-key"}`, after the
 //! whole request body has been read; HEAD gets the headers only. Special
 //! cases:
 //! - `/trailers`: the same JSON, streamed, ending with the trailers
@@ -336,6 +336,15 @@ fn summary(req: &Request<Incoming>) -> serde_json::Map<String, serde_json::Value
     m.insert("host".into(), host.into());
     m.insert("version".into(), version.into());
     m.insert("te".into(), te.into());
+    // What credentials arrived: tests check that the real value (and never
+    // a placeholder) reaches the upstream, and only the upstream.
+    for name in ["authorization", "x-api-key"] {
+        let value = req
+            .headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        m.insert(name.into(), value.into());
+    }
     m
 }
 
