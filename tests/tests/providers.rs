@@ -244,3 +244,104 @@ fn credentials_reach_only_their_bound_host_and_rotate() {
     assert_eq!(json(&out)["error"], "credential_unavailable", "{out}");
     agent.ok(&["provider", "delete", "gh"]);
 }
+
+/// `curl` to policy.local with an optional JSON body; the answer parsed.
+fn local(f: &RestFixture, sandbox: &str, method: &str, route: &str, body: Option<&Value>) -> Value {
+    let mut argv = vec![
+        "curl".to_string(),
+        "-sS".into(),
+        "-X".into(),
+        method.into(),
+        format!("http://policy.local{route}"),
+    ];
+    if let Some(body) = body {
+        argv.extend(["-H".into(), "content-type: application/json".into()]);
+        argv.extend(["--data-binary".into(), body.to_string()]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    json(&stdout(&f.agent.run_in(sandbox, &argv)))
+}
+
+#[test]
+fn an_agent_asks_for_a_provider_and_gets_it_after_approval() {
+    if !privileged() {
+        return;
+    }
+    let f = fixture("providers-request", 41);
+    let agent = &f.agent;
+    agent.ok(&[
+        "provider",
+        "create",
+        "gh",
+        "--type",
+        "github",
+        "--credential",
+        &format!("GITHUB_TOKEN={SECRET}"),
+    ]);
+    let none = local(&f, "demo", "GET", "/v1/providers", None);
+    assert_eq!(none, serde_json::json!({"providers": []}));
+
+    let ask = serde_json::json!({"intent_summary": "push the release notes",
+        "operations": [{"requestProvider": {"providerName": "gh", "providerType": "github"}}]});
+    let reply = local(&f, "demo", "POST", "/v1/proposals", Some(&ask));
+    assert_eq!(reply["accepted_chunks"], 1, "{reply}");
+    let id = reply["accepted_chunk_ids"][0].as_str().unwrap().to_string();
+    let pending = agent.ok(&["rule", "get", "demo", "--status", "pending"]);
+    for needle in [
+        "Rule:        request_provider_gh",
+        "credential_reach_expansion: api.github.com:443",
+        "api.github.com:443 [L7 rest, access=read-write]",
+    ] {
+        assert!(pending.contains(needle), "{needle:?} not in:\n{pending}");
+    }
+    assert!(!pending.contains(SECRET));
+    agent.ok(&["rule", "approve", "demo", "--chunk-id", &id]);
+    let wait = local(
+        &f,
+        "demo",
+        "GET",
+        &format!("/v1/proposals/{id}/wait?timeout=10"),
+        None,
+    );
+    assert_eq!(wait["status"], "approved", "{wait}");
+    assert_eq!(wait["policy_reloaded"], true);
+    let listed = local(&f, "demo", "GET", "/v1/providers", None);
+    assert_eq!(
+        listed,
+        serde_json::json!({"providers": [{"name": "gh", "type": "github", "credential_keys": ["GITHUB_TOKEN"]}]})
+    );
+    let (out, err) = sh(
+        &f,
+        r#"curl -sS -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/user"#,
+    );
+    assert_eq!(
+        json(&out)["authorization"],
+        format!("Bearer {SECRET}"),
+        "{err}"
+    );
+
+    // Auto mode holds a credentialed capability expansion for a person.
+    agent.ok(&["sandbox", "approval-mode", "demo", "auto"]);
+    let delete = serde_json::json!({"operations": [{"addRule": {"ruleName": "repo_delete", "rule": {
+        "endpoints": [{"host": "api.github.com", "port": 443, "protocol": "rest",
+                       "rules": [{"allow": {"method": "DELETE", "path": "/repos/o/r"}}]}],
+        "binaries": [{"path": "/usr/bin/curl"}]}}}]});
+    let reply = local(&f, "demo", "POST", "/v1/proposals", Some(&delete));
+    let id = reply["accepted_chunk_ids"][0].as_str().unwrap().to_string();
+    let wait = local(
+        &f,
+        "demo",
+        "GET",
+        &format!("/v1/proposals/{id}/wait?timeout=1"),
+        None,
+    );
+    assert_eq!(wait["status"], "pending", "{wait}");
+    assert_eq!(wait["timed_out"], true);
+    assert!(
+        wait["validation_result"]
+            .as_str()
+            .unwrap()
+            .contains("capability_expansion: DELETE on api.github.com:443 via /usr/bin/curl"),
+        "{wait}"
+    );
+}

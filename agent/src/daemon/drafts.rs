@@ -106,12 +106,23 @@ async fn run_locked<T>(
     let (value, outcome) = {
         let providers = agent.providers();
         let compose = |base: &crate::policy::Policy| providers.compose(sandbox, base);
+        let compose_with =
+            |base: &crate::policy::Policy, names: &[String]| providers.compose_with(names, base);
+        let credentials_with = |names: &[String]| providers.credential_set_with(names);
         let creds = providers.credential_set(sandbox);
+        let catalog: std::collections::BTreeMap<String, String> = providers
+            .providers()
+            .map(|p| (p.name.clone(), p.provider_type.clone()))
+            .collect();
         let state = State {
             sandbox,
             policy: &snapshot.base,
             effective: &snapshot.policy,
             compose: &compose,
+            providers: &catalog,
+            attached: providers.attached_names(sandbox),
+            compose_with: &compose_with,
+            credentials_with: &credentials_with,
             policy_version: snapshot.version,
             latest_version,
             chunks: &chunks,
@@ -136,10 +147,13 @@ async fn apply(
     let Outcome {
         change,
         load,
+        providers,
         events,
         error,
     } = outcome;
     let has_change = change.revision.is_some()
+        || !change.attach_providers.is_empty()
+        || !change.detach_providers.is_empty()
         || !change.upsert_chunks.is_empty()
         || !change.delete_chunks.is_empty()
         || !change.history.is_empty();
@@ -148,6 +162,28 @@ async fn apply(
     }
     for event in &events {
         audit(agent, sandbox, view, event);
+    }
+    // An attached or detached provider: same base, new effective policy.
+    if let Some((names, effective)) = providers
+        && load.is_none()
+    {
+        agent
+            .providers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_attached(sandbox, names);
+        let current = view.snapshot();
+        let snapshot = Snapshot::new(
+            current.base.clone(),
+            effective,
+            current.version,
+            &current.source,
+        );
+        view.policy.send_replace(snapshot.clone());
+        agent.audit.log(
+            ConfigStateChange::policy_loaded(&policy_facts(sandbox, &snapshot), PolicyLoad::Reload)
+                .into(),
+        );
     }
     if let Some(load) = load {
         let snapshot = Snapshot::new(load.policy, load.effective, load.version, &load.source);

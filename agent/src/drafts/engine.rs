@@ -44,6 +44,14 @@ pub struct State<'a> {
     /// `policy` with the providers composed in: what is enforced.
     pub effective: &'a Policy,
     pub compose: Compose<'a>,
+    /// Providers that exist on the host: name -> type.
+    pub providers: &'a std::collections::BTreeMap<String, String>,
+    /// Providers attached to this sandbox, in order.
+    pub attached: &'a [String],
+    /// The effective policy of `base` as if exactly `names` were attached.
+    pub compose_with: &'a (dyn Fn(&Policy, &[String]) -> Result<Policy, String> + Sync),
+    /// The credentialed hosts as if exactly `names` were attached.
+    pub credentials_with: &'a (dyn Fn(&[String]) -> CredentialSet + Sync),
     /// Its version; 0 when the sandbox never had one (all egress denied).
     pub policy_version: u64,
     /// The newest revision number, failed ones included.
@@ -118,6 +126,9 @@ impl std::error::Error for DraftError {}
 pub struct Outcome {
     pub change: ChangeSet,
     pub load: Option<Load>,
+    /// The attached providers and the effective policy after an approved
+    /// (or revoked) provider request; applied after the commit.
+    pub providers: Option<(Vec<String>, Policy)>,
     pub events: Vec<Event>,
     pub error: Option<DraftError>,
 }
@@ -143,14 +154,23 @@ pub struct ApproveAllSummary {
 /// A chunk's rule evaluated against a policy.
 #[derive(Debug)]
 pub struct Evaluation {
-    /// The merged base policy and its effective form.
-    pub merged: Result<(Merged, Policy), String>,
+    /// What approval would do, and the effective policy it would leave.
+    pub merged: Result<(Change, Policy), String>,
     pub validation_result: String,
     pub review_token: String,
     pub current_hash: String,
     pub candidate_hash: String,
     pub current_yaml: String,
     pub candidate_yaml: String,
+}
+
+/// What approving a chunk changes.
+#[derive(Debug)]
+pub enum Change {
+    /// The base policy, merged.
+    Rule(Merged),
+    /// This provider, attached.
+    Attach(String),
 }
 
 impl Evaluation {
@@ -212,7 +232,7 @@ pub fn evaluate(
         .and_then(|m| {
             let effective =
                 (state.compose)(&m.policy).map_err(|e| format!("candidate invalid: {e}"))?;
-            Ok((m, effective))
+            Ok((Change::Rule(m), effective))
         });
     let (validation_result, candidate_hash, candidate_yaml) = match &merged {
         Ok((_, candidate)) => (
@@ -231,6 +251,93 @@ pub fn evaluate(
         &current_hash,
         &candidate_hash,
         creds,
+        merged.as_ref().err(),
+    );
+    Evaluation {
+        merged,
+        validation_result,
+        review_token,
+        current_yaml: policy_yaml(effective),
+        current_hash,
+        candidate_hash,
+        candidate_yaml,
+    }
+}
+
+/// What a provider of `provider_type` would add, in rule form: its
+/// profile's endpoints and binaries, for reviewers to read.
+fn provider_rule(provider_type: &str) -> Value {
+    match crate::providers::profile::find(provider_type) {
+        Some(p) => json!({
+            "endpoints": p.endpoints,
+            "binaries": p.binaries.iter().map(|b| json!({"path": b})).collect::<Vec<_>>(),
+        }),
+        None => json!({"endpoints": [], "binaries": []}),
+    }
+}
+
+/// A `requestProvider` as a rule-like identity for its review token.
+fn provider_identity(req: &super::ProviderRequest) -> ProposedRule {
+    ProposedRule {
+        name: format!("provider:{}", req.name),
+        canonical: json!({"provider": req.name, "type": req.provider_type}),
+    }
+}
+
+/// Evaluates attaching a provider: it must exist (with the type the agent
+/// named, if any) and fit; the findings compare the effective policies
+/// under the candidate's credentials.
+pub fn evaluate_provider(
+    state: &State<'_>,
+    base: &Policy,
+    effective: &Policy,
+    attached: &[String],
+    req: &super::ProviderRequest,
+) -> Evaluation {
+    let current_hash = effective.hash().to_string();
+    let mut names = attached.to_vec();
+    names.push(req.name.clone());
+    let creds = (state.credentials_with)(&names);
+    let merged = match state.providers.get(&req.name) {
+        None => Err(format!(
+            "provider '{}' not found; the operator must create it on the host first",
+            req.name
+        )),
+        Some(actual) if !req.provider_type.is_empty() && *actual != req.provider_type => {
+            Err(format!(
+                "provider '{}' is of type '{actual}', not '{}'",
+                req.name, req.provider_type
+            ))
+        }
+        Some(_) if attached.contains(&req.name) => Err(format!(
+            "provider '{}' is already attached to this sandbox; retry the request",
+            req.name
+        )),
+        Some(_) if attached.len() >= crate::store::MAX_PROVIDERS_PER_SANDBOX => Err(format!(
+            "the sandbox already has {} providers attached, the most allowed",
+            attached.len()
+        )),
+        Some(_) => (state.compose_with)(base, &names)
+            .map(|candidate| (Change::Attach(req.name.clone()), candidate))
+            .map_err(|e| format!("candidate invalid: {e}")),
+    };
+    let (validation_result, candidate_hash, candidate_yaml) = match &merged {
+        Ok((_, candidate)) => (
+            validator::validation_result(&validator::new_findings(effective, candidate, &creds)),
+            candidate.hash().to_string(),
+            policy_yaml(candidate),
+        ),
+        Err(_) => (
+            VALIDATION_UNAVAILABLE.to_string(),
+            String::new(),
+            String::new(),
+        ),
+    };
+    let review_token = review_token(
+        &provider_identity(req),
+        &current_hash,
+        &candidate_hash,
+        &creds,
         merged.as_ref().err(),
     );
     Evaluation {
@@ -296,6 +403,7 @@ struct Work<'a> {
     /// The base policy, as this operation leaves it.
     policy: Policy,
     effective: Policy,
+    attached: Vec<String>,
     version: u64,
     out: Outcome,
 }
@@ -308,6 +416,7 @@ impl<'a> Work<'a> {
             changed: HashSet::new(),
             policy: state.policy.clone(),
             effective: state.effective.clone(),
+            attached: state.attached.to_vec(),
             version: state.latest_version,
             out: Outcome {
                 change: ChangeSet {
@@ -389,12 +498,23 @@ impl<'a> Work<'a> {
     fn approve(
         &mut self,
         i: usize,
-        (merged, effective): (Merged, Policy),
+        (change, effective): (Change, Policy),
         actor: &str,
         auto: bool,
     ) {
         let id = self.chunks[i].id.clone();
-        self.write_policy(merged.policy, effective, format!("chunk {id}"), actor);
+        let (grant, into) = match change {
+            Change::Rule(merged) => {
+                self.write_policy(merged.policy, effective, format!("chunk {id}"), actor);
+                let grant = serde_json::to_value(&merged.grant).ok();
+                (grant, format!("rule '{}'", merged.target_rule))
+            }
+            Change::Attach(name) => {
+                self.set_attached(effective, |names| names.push(name.clone()));
+                self.out.change.attach_providers.push(name.clone());
+                (None, format!("the sandbox (provider '{name}' attached)"))
+            }
+        };
         let version = self.version;
         let hash = self.effective.hash().to_string();
         let chunk = &mut self.chunks[i];
@@ -402,13 +522,12 @@ impl<'a> Work<'a> {
         chunk.decided_at_ms = Some(self.state.now_ms);
         chunk.rejection_reason.clear();
         chunk.application_error.clear();
-        chunk.grant = serde_json::to_value(&merged.grant).ok();
+        chunk.grant = grant;
         chunk.approved_policy_version = Some(version);
         let text = format!(
-            "Rule '{}' {} into '{}'; policy version {version}",
+            "Rule '{}' {} into {into}; policy version {version}",
             chunk.rule_name,
             if auto { "auto-approved" } else { "approved" },
-            merged.target_rule
         );
         self.touch(i);
         self.log("approved", i, actor, text);
@@ -430,8 +549,7 @@ impl<'a> Work<'a> {
             if self.chunks[i].status != ChunkStatus::Pending {
                 continue;
             }
-            let rule = proposed(&self.chunks[i]);
-            if merge::covers(&self.effective, &rule) {
+            if self.covered(&self.chunks[i]) {
                 self.reject(
                     i,
                     format!("covered by active policy revision {version}"),
@@ -439,7 +557,7 @@ impl<'a> Work<'a> {
                 );
                 continue;
             }
-            let eval = evaluate(self.state, &self.policy, &self.effective, &rule);
+            let eval = self.evaluate(&self.chunks[i]);
             if eval.review_token != self.chunks[i].review_token {
                 eval.write_to(&mut self.chunks[i]);
                 self.touch(i);
@@ -450,6 +568,30 @@ impl<'a> Work<'a> {
     /// Removes what approved chunk `i` added; the chunk's status is the
     /// caller's to set.
     fn revoke(&mut self, i: usize, actor: &str) -> Result<(), DraftError> {
+        if let Some(req) = self.chunks[i].provider_request.clone() {
+            let names: Vec<String> = self
+                .attached
+                .iter()
+                .filter(|n| **n != req.name)
+                .cloned()
+                .collect();
+            let effective = (self.state.compose_with)(&self.policy, &names).map_err(|e| {
+                DraftError::FailedPrecondition(format!(
+                    "cannot detach provider '{}': {e}",
+                    req.name
+                ))
+            })?;
+            self.set_attached(effective, |list| list.retain(|n| *n != req.name));
+            self.out.change.detach_providers.push(req.name.clone());
+            let chunk = &mut self.chunks[i];
+            chunk.approved_policy_version = None;
+            self.out.events.push(Event::Revoked {
+                chunk: chunk.clone(),
+                version: self.version,
+                hash: self.effective.hash().to_string(),
+            });
+            return Ok(());
+        }
         let chunk = &self.chunks[i];
         let grant: Grant = chunk
             .grant
@@ -478,6 +620,35 @@ impl<'a> Work<'a> {
             hash: self.effective.hash().to_string(),
         });
         Ok(())
+    }
+
+    /// Whether the sandbox already has what the chunk asks for.
+    fn covered(&self, chunk: &Chunk) -> bool {
+        match &chunk.provider_request {
+            Some(req) => self.attached.contains(&req.name),
+            None => merge::covers(&self.effective, &proposed(chunk)),
+        }
+    }
+
+    /// The chunk evaluated against the state as this operation left it.
+    fn evaluate(&self, chunk: &Chunk) -> Evaluation {
+        match &chunk.provider_request {
+            Some(req) => evaluate_provider(
+                self.state,
+                &self.policy,
+                &self.effective,
+                &self.attached,
+                req,
+            ),
+            None => evaluate(self.state, &self.policy, &self.effective, &proposed(chunk)),
+        }
+    }
+
+    /// Records a new set of attached providers and the effective policy.
+    fn set_attached(&mut self, effective: Policy, edit: impl FnOnce(&mut Vec<String>)) {
+        edit(&mut self.attached);
+        self.effective = effective;
+        self.out.providers = Some((self.attached.clone(), self.effective.clone()));
     }
 
     fn finish(mut self) -> Outcome {
@@ -526,7 +697,7 @@ pub fn submit(
     let live_version = state.policy_version;
     for i in 0..w.chunks.len() {
         let c = &w.chunks[i];
-        if c.status == ChunkStatus::Pending && merge::covers(&w.effective, &proposed(c)) {
+        if c.status == ChunkStatus::Pending && w.covered(c) {
             w.reject(
                 i,
                 format!("covered by active policy revision {live_version}"),
@@ -537,18 +708,42 @@ pub fn submit(
     let actor = format!("sandbox:{}", state.sandbox);
     let mut accepted = Vec::new();
     for op in &proposal.operations {
-        let Operation::AddRule { rule_name, rule } = op;
-        let proposed = match merge::propose(rule_name, rule) {
-            Ok(p) => p,
-            Err(e) => {
-                reply.rejected_chunks += 1;
-                reply
-                    .rejection_reasons
-                    .push(format!("chunk '{rule_name}': {e}"));
-                continue;
+        let (rule_name, proposed_rule, provider_request, eval) = match op {
+            Operation::AddRule { rule_name, rule } => match merge::propose(rule_name, rule) {
+                Ok(p) => {
+                    let eval = evaluate(state, &w.policy, &w.effective, &p);
+                    (p.name, p.canonical, None, eval)
+                }
+                Err(e) => {
+                    reply.rejected_chunks += 1;
+                    reply
+                        .rejection_reasons
+                        .push(format!("chunk '{rule_name}': {e}"));
+                    continue;
+                }
+            },
+            Operation::RequestProvider {
+                provider_name,
+                provider_type,
+            } => {
+                let actual = state.providers.get(provider_name).cloned();
+                let req = super::ProviderRequest {
+                    name: provider_name.clone(),
+                    provider_type: actual.clone().unwrap_or_else(|| provider_type.clone()),
+                };
+                let asked = super::ProviderRequest {
+                    provider_type: provider_type.clone(),
+                    ..req.clone()
+                };
+                let eval = evaluate_provider(state, &w.policy, &w.effective, &w.attached, &asked);
+                (
+                    format!("request_provider_{provider_name}"),
+                    provider_rule(&req.provider_type),
+                    Some(req),
+                    eval,
+                )
             }
         };
-        let eval = evaluate(state, &w.policy, &w.effective, &proposed);
         if let Err(e) = &eval.merged {
             // Agent-authored chunks that cannot apply are refused at
             // submit, not stored (§5.5 step 4).
@@ -558,20 +753,20 @@ pub fn submit(
                 .push(format!("chunk '{rule_name}': {e}"));
             continue;
         }
-        let binary = proposed
-            .canonical
+        let binary = proposed_rule
             .get("binaries")
             .and_then(|b| b.get(0))
             .and_then(|b| b.get("path"))
             .and_then(Value::as_str)
+            .filter(|_| provider_request.is_none())
             .unwrap_or_default()
             .to_string();
         let mut chunk = Chunk {
             id: new_id(),
             sandbox: state.sandbox.to_string(),
             status: ChunkStatus::Pending,
-            rule_name: proposed.name.clone(),
-            proposed_rule: proposed.canonical.clone(),
+            rule_name,
+            proposed_rule,
             rationale: proposal.intent_summary.clone(),
             confidence: AGENT_CONFIDENCE,
             stage: "agent".into(),
@@ -592,6 +787,7 @@ pub fn submit(
             candidate_effective_policy: String::new(),
             grant: None,
             approved_policy_version: None,
+            provider_request,
         };
         eval.write_to(&mut chunk);
         let key = chunk.observation_key();
@@ -639,7 +835,7 @@ fn auto_approve(w: &mut Work<'_>, id: &str) {
     if w.chunks[i].status != ChunkStatus::Pending || !security_notes(&w.chunks[i]).is_empty() {
         return;
     }
-    let eval = evaluate(w.state, &w.policy, &w.effective, &proposed(&w.chunks[i]));
+    let eval = w.evaluate(&w.chunks[i]);
     if eval.validation_result != NO_NEW_FINDINGS {
         return;
     }
@@ -669,7 +865,7 @@ pub fn approve(state: &State<'_>, chunk_id: &str, review_token: &str, actor: &st
             "review token does not match the fetched proposal; refetch and review again".into(),
         ));
     }
-    let eval = evaluate(state, &w.policy, &w.effective, &proposed(chunk));
+    let eval = w.evaluate(chunk);
     if eval.review_token != chunk.review_token {
         eval.write_to(&mut w.chunks[i]);
         w.touch(i);
@@ -734,7 +930,7 @@ pub fn undo(state: &State<'_>, chunk_id: &str, actor: &str) -> Outcome {
     if let Err(e) = w.revoke(i, actor) {
         return refused(e);
     }
-    let eval = evaluate(state, &w.policy, &w.effective, &proposed(&w.chunks[i]));
+    let eval = w.evaluate(&w.chunks[i]);
     let chunk = &mut w.chunks[i];
     eval.write_to(chunk);
     chunk.status = ChunkStatus::Pending;
@@ -799,6 +995,12 @@ pub fn approve_all(
                 .push(skip("not applicable to the current policy"));
             continue;
         }
+        if chunk.provider_request.is_some() {
+            summary.skipped.push(skip(
+                "a provider request is approved on its own, with `rule approve`",
+            ));
+            continue;
+        }
         if !include_security_flagged && !security_notes(chunk).is_empty() {
             summary.skipped.push(skip(
                 "has security notes; review it alone or pass --include-security-flagged",
@@ -807,7 +1009,7 @@ pub fn approve_all(
         }
         // The token binds the evaluation against the policy in force;
         // staging on top of earlier chunks must still merge cleanly.
-        let fresh = evaluate(state, &w.policy, &w.effective, &proposed(chunk));
+        let fresh = w.evaluate(chunk);
         if fresh.review_token != chunk.review_token {
             summary.skipped.push(skip(
                 "inputs changed since review; refetch and review again",

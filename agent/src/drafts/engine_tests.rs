@@ -21,6 +21,43 @@ fn same(p: &Policy) -> Result<Policy, String> {
     Ok(p.clone())
 }
 
+/// The one provider these tests know: `gh`, of type github.
+fn github(names: &[String]) -> Vec<crate::providers::profile::Attached<'static>> {
+    names
+        .iter()
+        .filter(|n| *n == "gh")
+        .map(|_| crate::providers::profile::Attached {
+            name: "gh",
+            provider_type: "github",
+            credential_keys: vec!["GITHUB_TOKEN"],
+        })
+        .collect()
+}
+
+fn compose_with(base: &Policy, names: &[String]) -> Result<Policy, String> {
+    let attached = github(names);
+    if attached.is_empty() {
+        return Ok(base.clone());
+    }
+    crate::providers::profile::compose(base, &attached)
+}
+
+fn credentials_with(names: &[String]) -> CredentialSet {
+    let targets = crate::providers::profile::bindings(&github(names))
+        .into_iter()
+        .flat_map(|(_, provider, hosts)| {
+            hosts
+                .into_iter()
+                .map(move |(host, ports)| CredentialTarget {
+                    provider: provider.clone(),
+                    host,
+                    ports,
+                })
+        })
+        .collect();
+    CredentialSet { targets }
+}
+
 fn policy(yaml: &str) -> Policy {
     Policy::parse("test", yaml).unwrap()
 }
@@ -63,6 +100,8 @@ struct Fixture {
     creds: CredentialSet,
     mode: ApprovalMode,
     next: u32,
+    catalog: std::collections::BTreeMap<String, String>,
+    attached: Vec<String>,
 }
 
 impl Fixture {
@@ -74,6 +113,8 @@ impl Fixture {
             creds: CredentialSet::default(),
             mode: ApprovalMode::Manual,
             next: 0,
+            catalog: [("gh".to_string(), "github".to_string())].into(),
+            attached: Vec::new(),
         }
     }
 
@@ -83,6 +124,10 @@ impl Fixture {
             policy: &self.policy,
             effective: &self.policy,
             compose: &same,
+            providers: &self.catalog,
+            attached: &self.attached,
+            compose_with: &compose_with,
+            credentials_with: &credentials_with,
             policy_version: self.version,
             latest_version: self.version,
             chunks: &self.chunks,
@@ -105,6 +150,9 @@ impl Fixture {
         if let Some(load) = &out.load {
             self.policy = load.policy.clone();
             self.version = load.version;
+        }
+        if let Some((names, _)) = &out.providers {
+            self.attached = names.clone();
         }
     }
 
@@ -508,6 +556,10 @@ fn review_tokens_bind_the_rule_the_policy_and_the_credentials() {
             policy: p,
             effective: p,
             compose: &same,
+            providers: &Default::default(),
+            attached: &[],
+            compose_with: &compose_with,
+            credentials_with: &credentials_with,
             policy_version: 1,
             latest_version: 1,
             chunks: &[],
@@ -536,4 +588,67 @@ fn review_tokens_bind_the_rule_the_policy_and_the_credentials() {
         }],
     };
     assert_ne!(token, t(&base, &rule("/x"), &creds));
+}
+
+#[test]
+fn a_provider_request_attaches_on_approval_and_detaches_on_reject() {
+    let mut f = Fixture::new();
+    let ask = |name: &str, t: &str| Proposal {
+        intent_summary: "push to GitHub".into(),
+        operations: vec![Operation::RequestProvider {
+            provider_name: name.into(),
+            provider_type: t.into(),
+        }],
+    };
+    // Unknown providers and wrong types are refused at submit.
+    let reply = f.submit(&ask("nope", ""));
+    assert_eq!(reply.rejected_chunks, 1);
+    assert!(
+        reply.rejection_reasons[0].contains("provider 'nope' not found"),
+        "{:?}",
+        reply.rejection_reasons
+    );
+    let reply = f.submit(&ask("gh", "gitlab"));
+    assert!(reply.rejection_reasons[0].contains("is of type 'github', not 'gitlab'"));
+
+    let id = f.submit(&ask("gh", "github")).accepted_chunk_ids[0].clone();
+    let c = f.chunk(&id);
+    assert_eq!(c.provider_request.as_ref().unwrap().name, "gh");
+    assert_eq!(c.rule_name, "request_provider_gh");
+    assert!(
+        c.validation_result
+            .contains("credential_reach_expansion: api.github.com:443"),
+        "{}",
+        c.validation_result
+    );
+    // Never folded into a batch, never merged as a rule.
+    let (summary, _) = approve_all(&f.state(), true, &[], "operator");
+    assert!(summary.approved.is_empty());
+    let base = f.policy.hash().to_string();
+    let out = f.approve(&id);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.change.attach_providers, ["gh"]);
+    assert!(
+        out.change.revision.is_none(),
+        "the base policy is unchanged"
+    );
+    assert_eq!(f.policy.hash(), base);
+    let (names, effective) = out.providers.as_ref().unwrap();
+    assert_eq!(names, &["gh"]);
+    assert!(effective.rule("_provider_gh").is_some());
+    assert_eq!(f.chunk(&id).status, ChunkStatus::Approved);
+
+    // Asking again says it is there.
+    let again = f.submit(&ask("gh", ""));
+    assert!(
+        again.rejection_reasons[0].contains("already attached"),
+        "{:?}",
+        again.rejection_reasons
+    );
+
+    let out = reject(&f.state(), &id, "use a narrower token", "operator");
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.change.detach_providers, ["gh"]);
+    f.apply(&out);
+    assert!(f.attached.is_empty());
 }

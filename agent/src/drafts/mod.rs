@@ -91,6 +91,18 @@ pub struct Chunk {
     pub grant: Option<serde_json::Value>,
     /// The policy version approval produced. None until approved.
     pub approved_policy_version: Option<u64>,
+    /// Set for a `requestProvider` chunk: approval attaches this provider
+    /// instead of merging a rule.
+    #[serde(default)]
+    pub provider_request: Option<ProviderRequest>,
+}
+
+/// What a `requestProvider` chunk asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRequest {
+    pub name: String,
+    /// The provider's type, as the operator registered it.
+    pub provider_type: String,
 }
 
 impl Chunk {

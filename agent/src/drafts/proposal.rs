@@ -40,11 +40,16 @@ pub enum Operation {
         /// `{"name"?, "endpoints":[...], "binaries"?:[{"path"}]}`.
         rule: Value,
     },
+    /// Ask the operator to attach an existing host-managed provider
+    /// (contract §2.5).
+    RequestProvider {
+        provider_name: String,
+        /// Empty when the agent did not say.
+        provider_type: String,
+    },
 }
 
-/// The operation kinds an agent may name, by JSON key. `requestProvider`
-/// is recognised so it gets a clear answer until it is implemented: give
-/// it an `Operation` variant and a parser in `parse_operation`.
+/// The operation kinds an agent may name, by JSON key.
 #[derive(Clone, Copy)]
 enum OperationKind {
     AddRule,
@@ -145,9 +150,9 @@ fn parse_operation(at: &str, op: &Value) -> Result<Operation, String> {
         .collect();
     match named.as_slice() {
         [(key, OperationKind::AddRule)] => parse_add_rule(&format!("{at}.{key}"), &op[*key]),
-        [(_, OperationKind::RequestProvider)] => Err(format!(
-            "{at}: requestProvider is not available yet; only addRule operations are accepted"
-        )),
+        [(key, OperationKind::RequestProvider)] => {
+            parse_request_provider(&format!("{at}.{key}"), &op[*key])
+        }
         [] if op.contains_key("add_rule") => Err(format!(
             "{at}: only addRule operations are accepted; write the key as `addRule` (camelCase)"
         )),
@@ -158,6 +163,37 @@ fn parse_operation(at: &str, op: &Value) -> Result<Operation, String> {
             "{at}: names more than one operation; put each in its own entry of `operations`"
         )),
     }
+}
+
+fn parse_request_provider(at: &str, value: &Value) -> Result<Operation, String> {
+    let req = object(at, value, "{\"providerName\": \"github\"}")?;
+    let name_at = format!("{at}.providerName");
+    let Some(provider_name) = optional_string(&name_at, req.get("providerName"))? else {
+        return Err(format!(
+            "{name_at}: missing; name the provider to attach, e.g. \"github\" (see GET /v1/providers for attached ones)"
+        ));
+    };
+    let valid = !provider_name.is_empty()
+        && provider_name.len() <= 63
+        && provider_name.as_bytes()[0].is_ascii_alphanumeric()
+        && provider_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(format!(
+            "{name_at}: \"{}\" is not a provider name (1-63 of a-z, 0-9, `-`, `_`)",
+            provider_name.escape_default()
+        ));
+    }
+    let type_at = format!("{at}.providerType");
+    let provider_type = optional_string(&type_at, req.get("providerType"))?.unwrap_or_default();
+    if provider_type.len() > 64 {
+        return Err(format!("{type_at}: longer than 64 characters"));
+    }
+    Ok(Operation::RequestProvider {
+        provider_name: provider_name.to_string(),
+        provider_type: provider_type.to_string(),
+    })
 }
 
 fn parse_add_rule(at: &str, value: &Value) -> Result<Operation, String> {
@@ -930,11 +966,22 @@ mod tests {
             "{e}"
         );
 
-        let v = json!({"operations": [{"requestProvider": {"providerName": "github"}}]});
+        let v = json!({"operations": [{"requestProvider": {"providerName": "github", "providerType": "github"}}]});
         assert_eq!(
-            err(&v),
-            "operations[0]: requestProvider is not available yet; only addRule operations are accepted"
+            parse(v.to_string().as_bytes()).unwrap().operations,
+            [Operation::RequestProvider {
+                provider_name: "github".into(),
+                provider_type: "github".into()
+            }]
         );
+        let v = json!({"operations": [{"requestProvider": {}}]});
+        assert!(
+            err(&v).starts_with("operations[0].requestProvider.providerName: missing"),
+            "{}",
+            err(&v)
+        );
+        let v = json!({"operations": [{"requestProvider": {"providerName": "../x"}}]});
+        assert!(err(&v).contains("is not a provider name"), "{}", err(&v));
         let v = json!({"operations": [{"add_rule": {"ruleName": "x"}}]});
         assert!(err(&v).contains("write the key as `addRule` (camelCase)"));
         let v = json!({"operations": [{"addRule": {"ruleName": "r", "rule": {"endpoints": [{"host": "a.example.com", "port": 1}]}}, "requestProvider": {}}]});
@@ -1253,7 +1300,10 @@ mod tests {
         let names: Vec<&str> = p
             .operations
             .iter()
-            .map(|Operation::AddRule { rule_name, .. }| rule_name.as_str())
+            .filter_map(|op| match op {
+                Operation::AddRule { rule_name, .. } => Some(rule_name.as_str()),
+                Operation::RequestProvider { .. } => None,
+            })
             .collect();
         assert_eq!(names, ["github_contents_write", "pypi"]);
         v["operations"].as_array_mut().unwrap().push(third);

@@ -83,6 +83,7 @@ fn error(status: StatusCode, code: &str, detail: &str) -> Reply {
 enum Route<'a> {
     Skill,
     CurrentPolicy,
+    Providers,
     Denials,
     Submit,
     Chunk(&'a str),
@@ -98,6 +99,7 @@ fn route<'a>(method: &str, path: &'a str) -> Route<'a> {
         (true, _, routes::SKILL) => Route::Skill,
         (true, _, "/v1/policy/current") => Route::CurrentPolicy,
         (true, _, "/v1/denials") => Route::Denials,
+        (true, _, "/v1/providers") => Route::Providers,
         (_, "POST", "/v1/proposals") => Route::Submit,
         (true, _, p) if p.starts_with("/v1/proposals/") => {
             let rest = &p["/v1/proposals/".len()..];
@@ -182,6 +184,7 @@ async fn answer(agent: &Agent, sandbox: &str, req: Request<Incoming>) -> Reply {
             SKILL.to_string(),
         ),
         Route::CurrentPolicy => current_policy(agent, sandbox),
+        Route::Providers => providers(agent, sandbox),
         Route::Denials => {
             let dir = crate::audit::writer::sandbox_log_dir(&agent.config.log_dir, sandbox);
             let last = denials::parse_last(query.as_deref());
@@ -229,6 +232,25 @@ fn chunk_not_found(id: &str) -> Reply {
         "chunk_not_found",
         &format!("no proposal chunk `{id}` in this sandbox"),
     )
+}
+
+/// `GET /v1/providers`: attached providers with their credential key
+/// names (the placeholders' keys), never values.
+fn providers(agent: &Agent, sandbox: &str) -> Reply {
+    let cache = agent.providers();
+    let list: Vec<Value> = cache
+        .attached_names(sandbox)
+        .iter()
+        .filter_map(|name| cache.provider(name))
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "type": p.provider_type,
+                "credential_keys": p.credentials.keys().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json_reply(StatusCode::OK, &json!({ "providers": list }))
 }
 
 fn current_policy(agent: &Agent, sandbox: &str) -> Reply {
@@ -369,6 +391,13 @@ async fn wait_for_coverage(agent: &Agent, sandbox: &str, chunk: &Chunk, deadline
         return false;
     };
     let mut rx = view.policy.subscribe();
+    if let Some(req) = &chunk.provider_request {
+        // Attachment and the recomposed policy go live together.
+        return agent
+            .providers()
+            .attached_names(sandbox)
+            .contains(&req.name);
+    }
     let rule = engine::proposed(chunk);
     let deadline = deadline.max(Instant::now() + RELOAD_GRACE);
     loop {
