@@ -36,6 +36,9 @@ const REVIEW_TOKEN_TAG: &str = "portcullis-review-v1";
 /// validation look at the effective policy.
 pub type Compose<'a> = &'a (dyn Fn(&Policy) -> Result<Policy, String> + Sync);
 
+/// `Compose`, as if exactly the named providers were attached.
+pub type ComposeWith<'a> = &'a (dyn Fn(&Policy, &[String]) -> Result<Policy, String> + Sync);
+
 /// One sandbox's draft state, as read from the store.
 pub struct State<'a> {
     pub sandbox: &'a str,
@@ -49,7 +52,7 @@ pub struct State<'a> {
     /// Providers attached to this sandbox, in order.
     pub attached: &'a [String],
     /// The effective policy of `base` as if exactly `names` were attached.
-    pub compose_with: &'a (dyn Fn(&Policy, &[String]) -> Result<Policy, String> + Sync),
+    pub compose_with: ComposeWith<'a>,
     /// The credentialed hosts as if exactly `names` were attached.
     pub credentials_with: &'a (dyn Fn(&[String]) -> CredentialSet + Sync),
     /// Its version; 0 when the sandbox never had one (all egress denied).
