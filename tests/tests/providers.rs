@@ -185,6 +185,12 @@ fn credentials_reach_only_their_bound_host_and_rotate() {
     let refused = json(&out);
     assert_eq!(refused["error"], "credential_endpoint_mismatch", "{out}");
     outputs.push(out);
+    let finding = agent
+        .wait_event(portcullis_e2e::WAIT, |e| e["class_uid"] == 2004)
+        .expect("a detection finding is written");
+    assert_eq!(finding["unmapped"]["credential_key"], "GITHUB_TOKEN");
+    assert_eq!(finding["unmapped"]["provider"], "gh");
+    assert_eq!(finding["disposition_id"], 2);
     // Plain HTTP never carries it.
     let (out, _) = sh(
         &f,
@@ -289,6 +295,7 @@ fn an_agent_asks_for_a_provider_and_gets_it_after_approval() {
     let pending = agent.ok(&["rule", "get", "demo", "--status", "pending"]);
     for needle in [
         "Rule:        request_provider_gh",
+        "Provider:    attach 'gh' (github) to the sandbox",
         "credential_reach_expansion: api.github.com:443",
         "api.github.com:443 [L7 rest, access=read-write]",
     ] {

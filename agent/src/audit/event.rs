@@ -252,6 +252,12 @@ const CONFIG_STATE_CHANGE: EventClass = EventClass {
     category_uid: 5,
     category_name: "Discovery",
 };
+const DETECTION_FINDING: EventClass = EventClass {
+    uid: 2004,
+    name: "Detection Finding",
+    category_uid: 2,
+    category_name: "Findings",
+};
 const APP_LIFECYCLE: EventClass = EventClass {
     uid: 6002,
     name: "Application Lifecycle",
@@ -391,6 +397,67 @@ pub enum AuditEvent {
     Http(HttpActivity),
     Config(ConfigStateChange),
     Lifecycle(AppLifecycle),
+    Finding(DetectionFinding),
+}
+
+/// OCSF `finding_info`: what was detected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FindingInfo {
+    pub title: String,
+    /// A stable identifier of the kind of finding.
+    pub uid: String,
+    pub types: Vec<String>,
+}
+
+/// Detection Finding (2004): something suspicious the proxy stopped, such
+/// as a credential aimed at a host it is not bound to.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DetectionFinding {
+    #[serde(flatten)]
+    pub base: BaseEvent,
+    pub finding_info: FindingInfo,
+    #[serde(flatten)]
+    pub action: Action,
+    #[serde(flatten)]
+    pub disposition: Disposition,
+}
+
+impl DetectionFinding {
+    /// A credential placeholder was sent toward a host, port or path its
+    /// provider is not bound to; the request was refused. Names the key
+    /// and the provider, never a value.
+    pub fn credential_endpoint_mismatch(
+        facts: &ConnectionFacts,
+        key: &str,
+        provider: &str,
+    ) -> Self {
+        let title = format!(
+            "credential {key} of provider {provider} sent toward {}:{}",
+            facts.dst_host.as_deref().unwrap_or("-"),
+            facts.dst_port
+        );
+        let mut base = BaseEvent::new(
+            DETECTION_FINDING,
+            1,
+            "Create",
+            Severity::High,
+            sanitize(&title, MAX_DETAIL_BYTES),
+            Vec::new(),
+        );
+        base.put("sandbox", Some(&facts.sandbox));
+        base.put("credential_key", Some(key));
+        base.put("provider", Some(provider));
+        Self {
+            base,
+            finding_info: FindingInfo {
+                title: sanitize(&title, MAX_DETAIL_BYTES),
+                uid: "portcullis.provider_credential.endpoint_mismatch".into(),
+                types: vec!["credential_endpoint_mismatch".into()],
+            },
+            action: Action::Denied,
+            disposition: Disposition::Blocked,
+        }
+    }
 }
 
 impl AuditEvent {
@@ -401,6 +468,7 @@ impl AuditEvent {
             Self::Http(e) => &e.base,
             Self::Config(e) => &e.base,
             Self::Lifecycle(e) => &e.base,
+            Self::Finding(e) => &e.base,
         }
     }
 
@@ -440,6 +508,7 @@ common_builders! {
     HttpActivity => Http,
     ConfigStateChange => Config,
     AppLifecycle => Lifecycle,
+    DetectionFinding => Finding,
 }
 
 // ---------------------------------------------------------------------------

@@ -20,9 +20,9 @@ pub mod writer;
 
 pub use enums::{Action, Disposition, Severity, State, Status};
 pub use event::{
-    AppLifecycle, AuditEvent, ConfigStateChange, ConnectionFacts, DenyCause, Engine, HttpActivity,
-    HttpRequestFacts, Inspection, NetworkActivity, PolicyFacts, PolicyLoad, ProcessFacts, SsrfKind,
-    Transport,
+    AppLifecycle, AuditEvent, ConfigStateChange, ConnectionFacts, DenyCause, DetectionFinding,
+    Engine, HttpActivity, HttpRequestFacts, Inspection, NetworkActivity, PolicyFacts, PolicyLoad,
+    ProcessFacts, SsrfKind, Transport,
 };
 pub use proposals::{AutoApproval, DecidedVersion};
 pub use shorthand::{format_timestamp, shorthand, shorthand_line};

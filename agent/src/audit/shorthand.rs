@@ -72,7 +72,25 @@ pub fn shorthand(event: &AuditEvent) -> String {
         AuditEvent::Http(e) => http(e),
         AuditEvent::Config(e) => config(e),
         AuditEvent::Lifecycle(e) => lifecycle(e),
+        AuditEvent::Finding(e) => finding(e),
     }
+}
+
+/// `FINDING:<DISPOSITION> <SEV> "<title>" [type:<uid> k:v ...]`
+fn finding(e: &super::event::DetectionFinding) -> String {
+    let disposition = e.disposition.caption().to_uppercase();
+    let sev = e.base.severity.tag();
+    let title = one_line(&e.finding_info.title).replace('"', "\\\"");
+    let mut parts = vec![format!("type:{}", e.finding_info.uid)];
+    for key in ["credential_key", "provider"] {
+        if let Some(value) = e.base.unmapped.get(key).and_then(Value::as_str) {
+            parts.push(format!("{key}:{}", one_line(value)));
+        }
+    }
+    format!(
+        "FINDING:{disposition} {sev} \"{title}\" [{}]",
+        parts.join(" ")
+    )
 }
 
 fn network(e: &NetworkActivity) -> String {
@@ -558,5 +576,29 @@ mod tests {
         assert!(!allowed.contains(" DENIED "));
         let audited = shorthand_line(&HttpActivity::audited(&f, &req).into());
         assert!(!audited.contains(" DENIED "));
+    }
+}
+
+#[cfg(test)]
+mod finding_tests {
+    use crate::audit::{AuditEvent, ConnectionFacts, DetectionFinding, shorthand};
+
+    #[test]
+    fn a_credential_mismatch_reads_as_a_blocked_finding_without_values() {
+        let facts = ConnectionFacts {
+            sandbox: "sb".into(),
+            dst_host: Some("other.example.test".into()),
+            dst_port: 443,
+            ..ConnectionFacts::default()
+        };
+        let e = DetectionFinding::credential_endpoint_mismatch(&facts, "GITHUB_TOKEN", "gh");
+        let line = shorthand(&AuditEvent::Finding(e.clone()));
+        assert_eq!(
+            line,
+            "FINDING:BLOCKED [HIGH] \"credential GITHUB_TOKEN of provider gh sent toward other.example.test:443\" [type:portcullis.provider_credential.endpoint_mismatch credential_key:GITHUB_TOKEN provider:gh]"
+        );
+        let json = AuditEvent::Finding(e).to_json().unwrap();
+        assert!(json.contains("\"class_uid\":2004"), "{json}");
+        assert!(json.contains("\"sandbox\":\"sb\""), "{json}");
     }
 }

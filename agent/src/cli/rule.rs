@@ -108,6 +108,8 @@ fn chunk_json(c: &pb::DraftChunk) -> Value {
         "current_effective_policy_hash": c.current_effective_policy_hash,
         "candidate_effective_policy_hash": c.candidate_effective_policy_hash,
         "approved_policy_version": c.approved_policy_version,
+        "provider_name": c.provider_name,
+        "provider_type": c.provider_type,
     })
 }
 
@@ -119,9 +121,20 @@ pub fn format_chunk(c: &pb::DraftChunk) -> String {
         ("Chunk:", c.id.clone()),
         ("Status:", c.status.clone()),
         ("Rule:", c.rule_name.clone()),
+    ];
+    if !c.provider_name.is_empty() {
+        lines.push((
+            "Provider:",
+            format!(
+                "attach '{}' ({}) to the sandbox; its credentials go to the endpoints below",
+                c.provider_name, c.provider_type
+            ),
+        ));
+    }
+    lines.extend([
         ("Binary:", c.binary.clone()),
         ("Confidence:", format!("{:.0}%", c.confidence * 100.0)),
-    ];
+    ]);
     if !c.rationale.is_empty() {
         lines.push(("Rationale:", c.rationale.clone()));
     }

@@ -184,6 +184,16 @@ pub fn chunk_pb(c: &Chunk) -> pb::DraftChunk {
         sandbox: c.sandbox.clone(),
         analysis_mode: c.analysis_mode.clone(),
         approved_policy_version: c.approved_policy_version.unwrap_or_default(),
+        provider_name: c
+            .provider_request
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        provider_type: c
+            .provider_request
+            .as_ref()
+            .map(|r| r.provider_type.clone())
+            .unwrap_or_default(),
     }
 }
 

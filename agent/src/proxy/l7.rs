@@ -35,7 +35,10 @@ use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::providers::placeholder::{self, RequestHead, ResolveError};
 use crate::{
-    audit::{ConnectionFacts, DenyCause, HttpActivity, HttpRequestFacts, NetworkActivity},
+    audit::{
+        ConnectionFacts, DenyCause, DetectionFinding, HttpActivity, HttpRequestFacts,
+        NetworkActivity,
+    },
     daemon::{Agent, policies::Snapshot},
     deny::{DenyResponse, ErrorKind, L4Denial, L7Denial},
     policy::L4Request,
@@ -646,6 +649,12 @@ impl Session {
             Ok(origin) => origin,
             Err(e) => {
                 let facts = self.event_facts(Some(&rule), Some(e.message()), &snapshot);
+                if let ResolveError::EndpointMismatch { key, provider } = &e {
+                    self.agent.audit.log(
+                        DetectionFinding::credential_endpoint_mismatch(&facts, key, provider)
+                            .into(),
+                    );
+                }
                 self.agent
                     .audit
                     .log(HttpActivity::denied(&facts, &request_facts).into());
