@@ -55,6 +55,11 @@ pub struct AgentConfig {
     pub skill_dirs: Vec<PathBuf>,
     /// An optional TCP listener for remote operators, mutual TLS only.
     pub control_tcp: Option<ControlTcp>,
+    /// Whether an attached provider adds its profile's `_provider_<name>`
+    /// rule to the sandbox's effective policy. With `false`, the user's
+    /// policy alone decides who reaches the provider's hosts; credentials
+    /// stay bound to them either way.
+    pub provider_rules: bool,
 }
 
 /// `control_tcp`: where remote operators connect, and the certificates.
@@ -95,6 +100,7 @@ impl Default for AgentConfig {
                 "/etc/portcullis/skills".into(),
             ],
             control_tcp: None,
+            provider_rules: true,
         }
     }
 }
@@ -118,7 +124,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp, provider_rules)",
                 path.display()
             )
         })?;

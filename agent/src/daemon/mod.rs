@@ -216,7 +216,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     if imported > 0 {
         log::info!("imported {imported} sandbox(es) from the JSON state of an earlier version");
     }
-    let provider_cache = providers::ProviderCache::load(&store).await?;
+    let provider_cache = providers::ProviderCache::load(&store, config.provider_rules).await?;
     let index = SandboxIndex::new(&config, &cgroup_root);
     let agent = Arc::new(Agent {
         config: config.clone(),

@@ -20,6 +20,8 @@ use crate::{
 
 #[derive(Default)]
 pub struct ProviderCache {
+    /// `provider_rules` of the configuration: compose profile rules.
+    compose_rules: bool,
     records: BTreeMap<String, ProviderRecord>,
     /// Sandbox -> provider names, in attachment order.
     attached: HashMap<String, Vec<String>>,
@@ -27,8 +29,11 @@ pub struct ProviderCache {
 
 impl ProviderCache {
     /// Reads every provider and every sandbox's attachments.
-    pub async fn load(store: &dyn Store) -> Result<Self> {
-        let mut cache = Self::default();
+    pub async fn load(store: &dyn Store, compose_rules: bool) -> Result<Self> {
+        let mut cache = Self {
+            compose_rules,
+            ..Self::default()
+        };
         for record in store.providers().await? {
             cache.records.insert(record.name.clone(), record);
         }
@@ -102,7 +107,7 @@ impl ProviderCache {
     /// `compose`, as if exactly `names` were attached.
     pub fn compose_with(&self, names: &[String], base: &Policy) -> Result<Policy, String> {
         let attached = self.attached_of(names);
-        if attached.is_empty() {
+        if attached.is_empty() || !self.compose_rules {
             return Ok(base.clone());
         }
         profile::compose(base, &attached)
@@ -318,4 +323,54 @@ pub async fn apply_attachment(
         log::warn!("sandbox {sandbox}: pending chunks not re-evaluated: {e}");
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SecretValue;
+
+    const BASE: &str = "version: 1\nnetwork_policies:\n  a:\n    endpoints:\n      - host: example.test\n        port: 443\n";
+
+    fn cache(compose_rules: bool) -> ProviderCache {
+        let mut cache = ProviderCache {
+            compose_rules,
+            ..ProviderCache::default()
+        };
+        cache.put(ProviderRecord::new(
+            "gh",
+            "github",
+            [("GITHUB_TOKEN".to_string(), SecretValue::new("ghp_x"))].into(),
+        ));
+        cache.set_attached("sb", vec!["gh".into()]);
+        cache
+    }
+
+    #[test]
+    fn attached_providers_compose_their_rule_unless_turned_off() {
+        let base = Policy::parse("t", BASE).unwrap();
+        let on = cache(true).compose("sb", &base).unwrap();
+        assert!(on.rule("_provider_gh").is_some());
+        let off = cache(false).compose("sb", &base).unwrap();
+        assert_eq!(off.hash(), base.hash());
+        // Credentials stay bound to the profile's hosts either way.
+        for c in [cache(true), cache(false)] {
+            let creds = c.credentials("sb");
+            assert_eq!(creds.len(), 1);
+            assert!(
+                creds[0]
+                    .bindings
+                    .iter()
+                    .any(|b| b.admits("api.github.com", 443, "/"))
+            );
+            assert!(
+                !creds[0]
+                    .bindings
+                    .iter()
+                    .any(|b| b.admits("example.test", 443, "/"))
+            );
+        }
+        assert!(cache(true).credentials("other").is_empty());
+        assert_eq!(cache(true).credential_keys("sb"), ["GITHUB_TOKEN"]);
+    }
 }
