@@ -146,24 +146,7 @@ impl ProviderCache {
     }
 
     pub fn credential_set_with(&self, names: &[String]) -> CredentialSet {
-        let attached = self.attached_of(names);
-        let mut targets: Vec<CredentialTarget> = profile::bindings(&attached)
-            .into_iter()
-            .flat_map(|(_, provider, hosts)| {
-                hosts
-                    .into_iter()
-                    .map(move |(host, ports)| CredentialTarget {
-                        provider: provider.clone(),
-                        host,
-                        ports,
-                    })
-            })
-            .collect();
-        targets.sort_by(|a, b| {
-            (&a.provider, &a.host, &a.ports).cmp(&(&b.provider, &b.host, &b.ports))
-        });
-        targets.dedup();
-        CredentialSet { targets }
+        credential_set_of(&self.attached_of(names))
     }
 
     /// Credential key names of a sandbox's providers: the environment
@@ -175,6 +158,26 @@ impl ProviderCache {
             .flat_map(|r| r.credentials.keys().cloned())
             .collect()
     }
+}
+
+/// The credentialed hosts of some attached providers, as the draft
+/// validator sees them (no values).
+pub fn credential_set_of(attached: &[Attached<'_>]) -> CredentialSet {
+    let mut targets: Vec<CredentialTarget> = profile::bindings(attached)
+        .into_iter()
+        .flat_map(|(_, provider, hosts)| {
+            hosts
+                .into_iter()
+                .map(move |(host, ports)| CredentialTarget {
+                    provider: provider.clone(),
+                    host,
+                    ports,
+                })
+        })
+        .collect();
+    targets.sort_by(|a, b| (&a.provider, &a.host, &a.ports).cmp(&(&b.provider, &b.host, &b.ports)));
+    targets.dedup();
+    CredentialSet { targets }
 }
 
 /// What an operator asked a provider to hold: key -> value.

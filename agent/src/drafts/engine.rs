@@ -228,8 +228,6 @@ pub fn evaluate(
     effective: &Policy,
     rule: &ProposedRule,
 ) -> Evaluation {
-    let creds = state.credentials;
-    let current_hash = effective.hash().to_string();
     let merged = merge::add_rule(base, rule)
         .map_err(|e| format!("merge failed: {e}"))
         .and_then(|m| {
@@ -237,6 +235,18 @@ pub fn evaluate(
                 (state.compose)(&m.policy).map_err(|e| format!("candidate invalid: {e}"))?;
             Ok((Change::Rule(m), effective))
         });
+    judge(effective, rule, state.credentials, merged)
+}
+
+/// Validates a candidate against the policy in force and binds the result
+/// in a review token: the part every kind of chunk shares.
+fn judge(
+    effective: &Policy,
+    identity: &ProposedRule,
+    creds: &CredentialSet,
+    merged: Result<(Change, Policy), String>,
+) -> Evaluation {
+    let current_hash = effective.hash().to_string();
     let (validation_result, candidate_hash, candidate_yaml) = match &merged {
         Ok((_, candidate)) => (
             validator::validation_result(&validator::new_findings(effective, candidate, creds)),
@@ -250,7 +260,7 @@ pub fn evaluate(
         ),
     };
     let review_token = review_token(
-        rule,
+        identity,
         &current_hash,
         &candidate_hash,
         creds,
@@ -297,7 +307,6 @@ pub fn evaluate_provider(
     attached: &[String],
     req: &super::ProviderRequest,
 ) -> Evaluation {
-    let current_hash = effective.hash().to_string();
     let mut names = attached.to_vec();
     names.push(req.name.clone());
     let creds = (state.credentials_with)(&names);
@@ -324,34 +333,7 @@ pub fn evaluate_provider(
             .map(|candidate| (Change::Attach(req.name.clone()), candidate))
             .map_err(|e| format!("candidate invalid: {e}")),
     };
-    let (validation_result, candidate_hash, candidate_yaml) = match &merged {
-        Ok((_, candidate)) => (
-            validator::validation_result(&validator::new_findings(effective, candidate, &creds)),
-            candidate.hash().to_string(),
-            policy_yaml(candidate),
-        ),
-        Err(_) => (
-            VALIDATION_UNAVAILABLE.to_string(),
-            String::new(),
-            String::new(),
-        ),
-    };
-    let review_token = review_token(
-        &provider_identity(req),
-        &current_hash,
-        &candidate_hash,
-        &creds,
-        merged.as_ref().err(),
-    );
-    Evaluation {
-        merged,
-        validation_result,
-        review_token,
-        current_yaml: policy_yaml(effective),
-        current_hash,
-        candidate_hash,
-        candidate_yaml,
-    }
+    judge(effective, &provider_identity(req), &creds, merged)
 }
 
 /// SHA-256 over everything an operator's decision depends on: the rule,

@@ -43,19 +43,7 @@ fn compose_with(base: &Policy, names: &[String]) -> Result<Policy, String> {
 }
 
 fn credentials_with(names: &[String]) -> CredentialSet {
-    let targets = crate::providers::profile::bindings(&github(names))
-        .into_iter()
-        .flat_map(|(_, provider, hosts)| {
-            hosts
-                .into_iter()
-                .map(move |(host, ports)| CredentialTarget {
-                    provider: provider.clone(),
-                    host,
-                    ports,
-                })
-        })
-        .collect();
-    CredentialSet { targets }
+    crate::daemon::providers::credential_set_of(&github(names))
 }
 
 fn policy(yaml: &str) -> Policy {
