@@ -4,7 +4,10 @@
 //! placeholders with. The store is the durable copy; this cache is
 //! replaced wholesale after every provider write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use anyhow::Result;
 
@@ -25,6 +28,9 @@ pub struct ProviderCache {
     records: BTreeMap<String, ProviderRecord>,
     /// Sandbox -> provider names, in attachment order.
     attached: HashMap<String, Vec<String>>,
+    /// Sandbox -> its credentials with their bindings, rebuilt on every
+    /// change so the proxy's per-request lookup is one clone of an Arc.
+    resolved: HashMap<String, Arc<Vec<Credential>>>,
 }
 
 impl ProviderCache {
@@ -42,6 +48,7 @@ impl ProviderCache {
             let attached = store.attached(&name).await?;
             cache.attached.insert(name, attached);
         }
+        cache.rebuild();
         Ok(cache)
     }
 
@@ -55,18 +62,33 @@ impl ProviderCache {
 
     pub fn put(&mut self, record: ProviderRecord) {
         self.records.insert(record.name.clone(), record);
+        self.rebuild();
     }
 
     pub fn remove(&mut self, name: &str) {
         self.records.remove(name);
+        self.rebuild();
     }
 
     pub fn set_attached(&mut self, sandbox: &str, names: Vec<String>) {
         self.attached.insert(sandbox.to_string(), names);
+        self.rebuild();
     }
 
     pub fn forget_sandbox(&mut self, sandbox: &str) {
         self.attached.remove(sandbox);
+        self.rebuild();
+    }
+
+    /// Recomputes every sandbox's credentials (a write path: providers
+    /// and attachments change rarely, requests read often).
+    fn rebuild(&mut self) {
+        let resolved = self
+            .attached
+            .keys()
+            .map(|sandbox| (sandbox.clone(), Arc::new(self.compute_credentials(sandbox))))
+            .collect();
+        self.resolved = resolved;
     }
 
     /// Provider names attached to `sandbox`, in order.
@@ -115,7 +137,11 @@ impl ProviderCache {
 
     /// Where each attached credential may go, with its value, for the
     /// proxy's placeholder resolution.
-    pub fn credentials(&self, sandbox: &str) -> Vec<Credential> {
+    pub fn credentials(&self, sandbox: &str) -> Arc<Vec<Credential>> {
+        self.resolved.get(sandbox).cloned().unwrap_or_default()
+    }
+
+    fn compute_credentials(&self, sandbox: &str) -> Vec<Credential> {
         let names = self.attached_names(sandbox);
         let attached = self.attached_of(names);
         profile::bindings(&attached)

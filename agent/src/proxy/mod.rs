@@ -717,7 +717,7 @@ fn credential_provider_for(agent: &Agent, sandbox: &str, host: &str, port: u16) 
     agent
         .providers()
         .credentials(sandbox)
-        .into_iter()
+        .iter()
         .find(|c| c.bindings.iter().any(|b| b.admits(host, port, "/")))
-        .map(|c| c.provider)
+        .map(|c| c.provider.clone())
 }
