@@ -194,6 +194,7 @@ pub fn chunk_pb(c: &Chunk) -> pb::DraftChunk {
             .as_ref()
             .map(|r| r.provider_type.clone())
             .unwrap_or_default(),
+        decided_by: c.decided_by.clone(),
     }
 }
 
@@ -739,6 +740,58 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn edit_draft_chunk(
+        &self,
+        req: Request<pb::EditDraftChunkRequest>,
+    ) -> Result<Response<pb::DraftChunk>, Status> {
+        let actor = actor(&req);
+        let req = req.into_inner();
+        let rule: serde_json::Value = serde_json::from_str(&req.proposed_rule_json)
+            .map_err(|e| Status::invalid_argument(format!("the edited rule is not JSON: {e}")))?;
+        drafts::edit(&self.agent, &req.sandbox, &req.chunk_id, &rule, &actor)
+            .await
+            .map_err(op_status)?;
+        let chunk = drafts::chunk(&self.agent, &req.sandbox, &req.chunk_id)
+            .await
+            .map_err(|e| Status::internal(format!("{e:#}")))?
+            .ok_or_else(|| Status::not_found("the chunk was deleted meanwhile"))?;
+        Ok(Response::new(chunk_pb(&chunk)))
+    }
+
+    async fn sandbox_activity(
+        &self,
+        req: Request<pb::SandboxActivityRequest>,
+    ) -> Result<Response<pb::SandboxActivityReply>, Status> {
+        use crate::local_api::denials::{Lines, read_log};
+        let req = req.into_inner();
+        sandbox_view(&self.agent, &req.sandbox)?;
+        let dir = crate::audit::writer::sandbox_log_dir(&self.agent.config.log_dir, &req.sandbox);
+        let last = (req.last as usize).clamp(1, 100);
+        let (events, denials) = tokio::task::spawn_blocking(move || {
+            (
+                read_log(&dir, last, Lines::Events),
+                read_log(&dir, 100, Lines::Denied),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let cutoff = crate::audit::event::now_ms() - 5 * 60 * 1000;
+        let recent = denials
+            .denials
+            .iter()
+            .filter(|l| line_time_ms(l).is_some_and(|t| t >= cutoff))
+            .count() as u32;
+        let newest_last = |mut v: Vec<String>| {
+            v.reverse();
+            v
+        };
+        Ok(Response::new(pb::SandboxActivityReply {
+            events: newest_last(events.denials),
+            denials: newest_last(denials.denials),
+            denials_last_5m: recent,
+        }))
+    }
+
     type WatchDraftsStream = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<pb::DraftUpdate, Status>> + Send + 'static>,
     >;
@@ -875,4 +928,12 @@ impl ControlService {
             revision: (current.version != version_before).then_some(current),
         }))
     }
+}
+
+/// The time of a shorthand line (`YYYY-MM-DDTHH:MM:SS.mmmZ OCSF ...`).
+fn line_time_ms(line: &str) -> Option<i64> {
+    let stamp = line.split(' ').next()?;
+    let t =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }

@@ -289,7 +289,7 @@ fn audit(agent: &Agent, sandbox: &str, view: &super::SandboxView, event: &Event)
                 hash: hash.clone(),
             },
         ),
-        Event::Cleared(_) => return,
+        Event::Cleared(_) | Event::Edited(_) => return,
     };
     agent.audit.log(e.into());
 }
@@ -320,6 +320,7 @@ fn notify(agent: &Agent, sandbox: &str, event: Event) {
                 send(c, "cleared");
             }
         }
+        Event::Edited(c) => send(c, "updated"),
     }
 }
 
@@ -385,6 +386,19 @@ pub async fn approve_all(
 ) -> Result<ApproveAllSummary, OpError> {
     run(agent, sandbox, |state| {
         engine::approve_all(state, include_security_flagged, approvals, actor)
+    })
+    .await
+}
+
+pub async fn edit(
+    agent: &Agent,
+    sandbox: &str,
+    chunk_id: &str,
+    rule: &Value,
+    actor: &str,
+) -> Result<(), OpError> {
+    run(agent, sandbox, |state| {
+        ((), engine::edit(state, chunk_id, rule, actor))
     })
     .await
 }

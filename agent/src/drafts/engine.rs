@@ -100,6 +100,8 @@ pub enum Event {
     },
     /// Pending chunks deleted by `rule clear`.
     Cleared(Vec<Chunk>),
+    /// An operator replaced a pending chunk's rule; it was re-evaluated.
+    Edited(Chunk),
 }
 
 /// Why an operation was refused; the text names the fix.
@@ -436,6 +438,7 @@ impl<'a> Work<'a> {
         let chunk = &mut self.chunks[i];
         chunk.status = ChunkStatus::Rejected;
         chunk.decided_at_ms = Some(self.state.now_ms);
+        chunk.decided_by = actor.to_string();
         chunk.rejection_reason = reason.clone();
         let text = format!(
             "Rule '{}' rejected: {}",
@@ -505,6 +508,7 @@ impl<'a> Work<'a> {
         let chunk = &mut self.chunks[i];
         chunk.status = ChunkStatus::Approved;
         chunk.decided_at_ms = Some(self.state.now_ms);
+        chunk.decided_by = actor.to_string();
         chunk.rejection_reason.clear();
         chunk.application_error.clear();
         chunk.grant = grant;
@@ -773,6 +777,7 @@ pub fn submit(
             grant: None,
             approved_policy_version: None,
             provider_request,
+            decided_by: String::new(),
         };
         eval.write_to(&mut chunk);
         let key = chunk.observation_key();
@@ -920,6 +925,7 @@ pub fn undo(state: &State<'_>, chunk_id: &str, actor: &str) -> Outcome {
     eval.write_to(chunk);
     chunk.status = ChunkStatus::Pending;
     chunk.decided_at_ms = None;
+    chunk.decided_by.clear();
     chunk.rejection_reason.clear();
     let text = format!("Rule '{}' undone; back to pending", chunk.rule_name);
     w.touch(i);
@@ -1032,6 +1038,7 @@ pub fn approve_all(
         let chunk = &mut w.chunks[i];
         chunk.status = ChunkStatus::Approved;
         chunk.decided_at_ms = Some(state.now_ms);
+        chunk.decided_by = actor.to_string();
         chunk.grant = serde_json::to_value(&merged.grant).ok();
         chunk.approved_policy_version = Some(version);
         summary.approved.push(chunk.id.clone());
@@ -1050,6 +1057,53 @@ pub fn approve_all(
     }
     w.reconcile();
     (summary, w.finish())
+}
+
+/// `rule edit` / the inbox's editor: replaces a pending chunk's rule and
+/// evaluates it again, so the operator approves what they now read.
+pub fn edit(state: &State<'_>, chunk_id: &str, rule: &Value, actor: &str) -> Outcome {
+    let mut w = Work::new(state);
+    let i = match w.find(chunk_id) {
+        Ok(i) => i,
+        Err(e) => return refused(e),
+    };
+    let chunk = &w.chunks[i];
+    if chunk.status != ChunkStatus::Pending {
+        return refused(DraftError::FailedPrecondition(format!(
+            "chunk {chunk_id} is {}; only pending chunks can be edited",
+            chunk.status.as_str()
+        )));
+    }
+    if chunk.provider_request.is_some() {
+        return refused(DraftError::FailedPrecondition(format!(
+            "chunk {chunk_id} asks for a provider; there is no rule to edit"
+        )));
+    }
+    let proposed = match merge::propose(&chunk.rule_name, rule) {
+        Ok(p) => p,
+        Err(e) => {
+            return refused(DraftError::InvalidArgument(format!(
+                "the edited rule is invalid: {e}"
+            )));
+        }
+    };
+    let eval = evaluate(state, &w.policy, &w.effective, &proposed);
+    let chunk = &mut w.chunks[i];
+    chunk.binary = proposed
+        .canonical
+        .get("binaries")
+        .and_then(|b| b.get(0))
+        .and_then(|b| b.get("path"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    chunk.proposed_rule = proposed.canonical;
+    eval.write_to(chunk);
+    let text = format!("Rule '{}' edited by the operator", chunk.rule_name);
+    w.touch(i);
+    w.log("edited", i, actor, text);
+    w.out.events.push(Event::Edited(w.chunks[i].clone()));
+    w.finish()
 }
 
 /// `rule clear`: deletes every pending chunk.

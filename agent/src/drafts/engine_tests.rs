@@ -640,3 +640,62 @@ fn a_provider_request_attaches_on_approval_and_detaches_on_reject() {
     f.apply(&out);
     assert!(f.attached.is_empty());
 }
+
+#[test]
+fn an_edited_chunk_is_evaluated_again_and_approved_as_edited() {
+    let mut f = Fixture::new();
+    let id = f
+        .submit(&proposal(&[("w", put_rule("/repos/**"))]))
+        .accepted_chunk_ids[0]
+        .clone();
+    let before = f.chunk(&id).review_token.clone();
+    let out = edit(
+        &f.state(),
+        &id,
+        &put_rule("/repos/o/r/contents/x"),
+        "operator",
+    );
+    assert!(out.error.is_none(), "{:?}", out.error);
+    f.apply(&out);
+    let c = f.chunk(&id);
+    assert_ne!(
+        c.review_token, before,
+        "a new token: the old review is stale"
+    );
+    assert_eq!(
+        c.proposed_rule["endpoints"][0]["rules"][0]["allow"]["path"],
+        "/repos/o/r/contents/x"
+    );
+    assert_eq!(out.change.history[0].event_type, "edited");
+    assert!(matches!(out.events[0], Event::Edited(_)));
+    // The stale token is refused; the fresh one approves the edited rule.
+    let stale = approve(&f.state(), &id, &before, "operator");
+    assert!(matches!(
+        stale.error,
+        Some(DraftError::FailedPrecondition(_))
+    ));
+    assert!(f.approve(&id).error.is_none());
+    assert_eq!(f.chunk(&id).decided_by, "operator");
+    assert!(merge::covers(
+        &f.policy,
+        &merge::propose("w", &put_rule("/repos/o/r/contents/x")).unwrap()
+    ));
+    // Bad edits name the problem; decided chunks cannot be edited.
+    let bad = edit(&f.state(), &id, &json!({"endpoints": []}), "operator");
+    assert!(matches!(bad.error, Some(DraftError::FailedPrecondition(_))));
+    let id2 = f
+        .submit(&proposal(&[("v", l4_rule("v.example.test", 443))]))
+        .accepted_chunk_ids[0]
+        .clone();
+    let bad = edit(
+        &f.state(),
+        &id2,
+        &json!({"endpoints": [{"host": "169.254.169.254", "port": 80}]}),
+        "operator",
+    );
+    assert!(
+        matches!(&bad.error, Some(DraftError::InvalidArgument(m)) if m.contains("always blocked")),
+        "{:?}",
+        bad.error
+    );
+}

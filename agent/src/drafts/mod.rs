@@ -95,6 +95,10 @@ pub struct Chunk {
     /// instead of merging a rule.
     #[serde(default)]
     pub provider_request: Option<ProviderRequest>,
+    /// Who made the last decision: `operator:...`, `system:auto`,
+    /// `system:supersede`, `system:reconcile`; empty while undecided.
+    #[serde(default)]
+    pub decided_by: String,
 }
 
 /// What a `requestProvider` chunk asks for.

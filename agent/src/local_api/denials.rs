@@ -70,6 +70,21 @@ pub fn parse_last(query: Option<&str>) -> usize {
 /// A read error keeps the lines found before it, with `log_available`
 /// false and a note naming the problem.
 pub fn read_denials(dir: &Path, last: usize) -> Denials {
+    read_log(dir, last, Lines::Denied)
+}
+
+/// Which shorthand lines a read keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// ` OCSF ` lines with ` DENIED `: what `/v1/denials` serves.
+    Denied,
+    /// Every ` OCSF ` line: what an operator's log pane follows.
+    Events,
+}
+
+/// The last `last` lines of one sandbox's shorthand log of the kind
+/// asked for, newest first, redacted and bounded like `/v1/denials`.
+pub fn read_log(dir: &Path, last: usize, which: Lines) -> Denials {
     let last = last.min(MAX_LAST);
     let names = match newest_log_names(dir) {
         Ok(names) if !names.is_empty() => names,
@@ -101,7 +116,7 @@ pub fn read_denials(dir: &Path, last: usize) -> Denials {
         };
         opened_any = true;
         let scanned = scan_lines_newest_first(file, |line, cut| {
-            if let Some(denial) = denial_line(line, cut) {
+            if let Some(denial) = served_line(line, cut, which) {
                 denials.push(denial);
             }
             if denials.len() >= last {
@@ -176,12 +191,13 @@ fn newest_log_names(dir: &Path) -> io::Result<Vec<String>> {
         .collect())
 }
 
-/// The line as served, if it is a denial: redacted, then truncated. `cut`
-/// says the line was already shortened while reading.
-fn denial_line(raw: &[u8], cut: bool) -> Option<String> {
+/// The line as served, if it is of the kind asked for: redacted, then
+/// truncated. `cut` says the line was already shortened while reading.
+fn served_line(raw: &[u8], cut: bool, which: Lines) -> Option<String> {
     let text = String::from_utf8_lossy(raw);
     let text = text.strip_suffix('\r').unwrap_or(&text);
-    if !(text.contains(" OCSF ") && text.contains(" DENIED ")) {
+    let wanted = text.contains(" OCSF ") && (which == Lines::Events || text.contains(" DENIED "));
+    if !wanted {
         return None;
     }
     Some(truncate_line(redact(text), cut))
@@ -471,7 +487,7 @@ mod tests {
     fn redaction_happens_before_truncation() {
         let prefix = "2026-03-01T12:00:00.000Z OCSF NET:OPEN [MED] DENIED /x?";
         let line = format!("{prefix}{} tail", "s".repeat(10_000));
-        let got = denial_line(line.as_bytes(), false).unwrap();
+        let got = served_line(line.as_bytes(), false, Lines::Denied).unwrap();
         assert_eq!(
             got,
             "2026-03-01T12:00:00.000Z OCSF NET:OPEN [MED] DENIED /x?[redacted] tail"
@@ -572,5 +588,23 @@ mod tests {
         assert_eq!(read_denials(tmp.path(), 1).denials, [deny(59)]);
         assert_eq!(read_denials(tmp.path(), 100).denials.len(), 100);
         assert_eq!(read_denials(tmp.path(), 5000).denials.len(), MAX_LAST);
+    }
+
+    #[test]
+    fn the_event_reader_keeps_every_ocsf_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "portcullis.2026-01-01.log",
+            &[
+                "2026-01-01T00:00:00.000Z OCSF NET:OPEN [INFO] ALLOWED a",
+                "2026-01-01T00:00:01.000Z INFO portcullis: not an event",
+                &deny(1),
+            ],
+        );
+        let got = read_log(dir.path(), 10, Lines::Events);
+        assert_eq!(got.denials.len(), 2);
+        assert!(got.denials[1].contains("ALLOWED a"));
+        assert_eq!(read_log(dir.path(), 10, Lines::Denied).denials.len(), 1);
     }
 }

@@ -73,6 +73,7 @@ pub(super) fn chunk(sandbox: &str, id: &str, created_at_ms: i64, status: ChunkSt
         grant: decided.then(|| json!({"rule": format!("allow_{id}"), "binary": "/usr/bin/curl"})),
         approved_policy_version: (status == ChunkStatus::Approved).then_some(7),
         provider_request: None,
+        decided_by: String::new(),
     }
 }
 
