@@ -11,6 +11,7 @@ pub mod deny;
 pub mod dns;
 pub mod drafts;
 pub mod identity;
+pub mod inbox;
 pub mod local_api;
 pub mod policy;
 pub mod providers;

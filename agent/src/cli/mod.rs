@@ -64,6 +64,9 @@ enum Command {
     /// Manage providers: credentials that stay on the host.
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// A live inbox of proposals from every sandbox: review, approve,
+    /// reject with guidance, edit, undo.
+    Inbox,
     /// Show a sandbox's audit events.
     Logs(logs::LogsArgs),
     /// Stop the agent and remove programs, pins and sandbox cgroups.
@@ -95,6 +98,7 @@ pub fn main() -> Result<ExitCode> {
         Command::Policy(cmd) => runtime.block_on(policy::run(&config, cmd)),
         Command::Rule(cmd) => runtime.block_on(rule::run(&config, cmd)),
         Command::Provider(cmd) => runtime.block_on(provider::run(&config, cmd)),
+        Command::Inbox => runtime.block_on(crate::inbox::run(&config)),
         Command::Logs(args) => logs::run(&config, args),
         Command::Down => runtime.block_on(down::run(&config)),
     }

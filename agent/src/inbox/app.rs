@@ -85,6 +85,8 @@ pub enum Health {
 pub enum StatusLine {
     Empty,
     Working(String),
+    /// Neutral news, such as a cancelled prompt.
+    Info(String),
     Ok(String),
     Err(String),
 }
@@ -121,11 +123,11 @@ pub struct ApproveAllTarget {
 /// depends on the width), and the keys need them so paging moves by a
 /// screenful and scrolling stops at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub list_page: usize,
-    pub detail_page: usize,
-    pub detail_max_scroll: usize,
-    pub log_rows: usize,
+pub(super) struct Geometry {
+    pub(super) list_page: usize,
+    pub(super) detail_page: usize,
+    pub(super) detail_max_scroll: usize,
+    pub(super) log_rows: usize,
 }
 
 impl Default for Geometry {
@@ -251,32 +253,26 @@ impl App {
                 }
             }
         }
-        let names: Vec<&str> = self
-            .sandboxes
-            .iter()
-            .map(|s| s.sandbox.name.as_str())
-            .collect();
-        self.per_sandbox.retain(|name, _| names.contains(&name.as_str()));
+        // Chunks and logs of unlisted sandboxes are kept: pushed updates may
+        // arrive before the sandbox list that names them.
     }
 
     /// Replaces a sandbox's chunks (newest first), keeping the selected
     /// chunk by id. The pending count follows the full list.
     pub fn set_chunks(&mut self, sandbox: &str, chunks: Vec<ChunkEntry>) {
-        let selected = self.selected_chunk_id();
+        let selected = self.selected_chunk_version();
         let pending = chunks.iter().filter(|e| is_pending(&e.chunk)).count();
         self.state_mut(sandbox).chunks = chunks;
         if let Some(row) = self.summary_mut(sandbox) {
             row.pending = pending;
         }
-        if self.selected_sandbox() == Some(sandbox) {
-            self.reselect_chunk(selected.as_deref());
-        }
+        self.after_chunks_changed(sandbox, selected);
     }
 
     /// A pushed update: replaces the chunk with the same id or inserts it
     /// in newest-first order, and moves the pending count by the change.
     pub fn upsert_chunk(&mut self, sandbox: &str, entry: ChunkEntry) {
-        let selected = self.selected_chunk_id();
+        let selected = self.selected_chunk_version();
         let now_pending = is_pending(&entry.chunk);
         let chunks = &mut self.state_mut(sandbox).chunks;
         let was_pending = match chunks.iter().position(|e| e.chunk.id == entry.chunk.id) {
@@ -295,8 +291,30 @@ impl App {
             }
         };
         self.adjust_pending(sandbox, was_pending, now_pending);
-        if self.selected_sandbox() == Some(sandbox) {
-            self.reselect_chunk(selected.as_deref());
+        self.after_chunks_changed(sandbox, selected);
+    }
+
+    /// Keeps the selection on the same chunk and, if that chunk changed
+    /// under an open detail view, says so: a decision now applies to what
+    /// is on screen, not to what was read a moment ago.
+    fn after_chunks_changed(&mut self, sandbox: &str, before: Option<(String, String)>) {
+        if self.selected_sandbox() != Some(sandbox) {
+            return;
+        }
+        let Some((id, token)) = before else {
+            self.reselect_chunk(None);
+            return;
+        };
+        self.reselect_chunk(Some(&id));
+        let changed = self
+            .selected_chunk()
+            .is_some_and(|e| e.chunk.id == id && e.chunk.review_token != token);
+        if changed && self.base_view() == View::Detail {
+            let name = self
+                .selected_chunk()
+                .map(|e| e.chunk.rule_name.clone())
+                .unwrap_or_default();
+            self.status = StatusLine::Info(format!("'{name}' changed while open: review it again"));
         }
     }
 
@@ -317,10 +335,7 @@ impl App {
             self.chunk_cursor = self.chunk_cursor.min(self.chunk_count().saturating_sub(1));
             if self.view == View::Detail || self.under == View::Detail {
                 self.close_detail();
-                self.status = StatusLine::Err(format!(
-                    "chunk {} was cleared",
-                    short_id(chunk_id)
-                ));
+                self.status = StatusLine::Err(format!("chunk {} was cleared", short_id(chunk_id)));
             }
         } else {
             self.reselect_chunk(selected.as_deref());
@@ -417,7 +432,22 @@ impl App {
     }
 
     pub fn detail_scroll(&self) -> usize {
-        self.detail_scroll.min(self.geometry.get().detail_max_scroll)
+        self.detail_scroll
+            .min(self.geometry.get().detail_max_scroll)
+    }
+
+    /// `(chunk id, review token)` of each pending chunk of `sandbox` as
+    /// the operator sees it, for approve-all: a chunk that changed since
+    /// is refused by the agent rather than approved unseen.
+    pub fn pending_tokens(&self, sandbox: &str) -> Vec<(String, String)> {
+        self.per_sandbox
+            .get(sandbox)
+            .map(|s| s.chunks.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| is_pending(&e.chunk))
+            .map(|e| (e.chunk.id.clone(), e.chunk.review_token.clone()))
+            .collect()
     }
 
     pub fn reject_target(&self) -> Option<&RejectTarget> {
@@ -429,7 +459,7 @@ impl App {
     }
 
     /// Called by the renderer with the sizes it used.
-    pub fn record_geometry(&self, geometry: Geometry) {
+    pub(super) fn record_geometry(&self, geometry: Geometry) {
         self.geometry.set(geometry);
     }
 
@@ -503,14 +533,16 @@ impl App {
             self.open_approve_all();
             return Action::None;
         }
-        let (Some(sandbox), Some(entry)) = (self.selected_sandbox(), self.selected_chunk()) else {
+        let selected = self
+            .selected_sandbox()
+            .map(str::to_string)
+            .zip(self.selected_chunk().map(|e| e.chunk.clone()));
+        let Some((sandbox, chunk)) = selected else {
             if matches!(c, 'a' | 'x' | 'e' | 'u') {
                 self.status = StatusLine::Err("no chunk selected".into());
             }
             return Action::None;
         };
-        let sandbox = sandbox.to_string();
-        let chunk = entry.chunk.clone();
         match c {
             'a' => self.approve(sandbox, &chunk),
             'x' => {
@@ -616,7 +648,11 @@ impl App {
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         match key.code {
             KeyCode::Enter => {
-                let verb = if target.revoke { "revoking" } else { "rejecting" };
+                let verb = if target.revoke {
+                    "revoking"
+                } else {
+                    "rejecting"
+                };
                 self.status = StatusLine::Working(format!("{verb} '{}'...", target.rule_name));
                 let action = Action::Reject {
                     sandbox: target.sandbox.clone(),
@@ -627,7 +663,7 @@ impl App {
                 action
             }
             KeyCode::Esc => {
-                self.status = StatusLine::Ok("reject cancelled".into());
+                self.status = StatusLine::Info("reject cancelled".into());
                 self.close_modal();
                 Action::None
             }
@@ -656,7 +692,7 @@ impl App {
             KeyCode::Char('y') | KeyCode::Enter => false,
             KeyCode::Char('f') if target.flagged > 0 => true,
             KeyCode::Char('n') | KeyCode::Esc => {
-                self.status = StatusLine::Ok("approve-all cancelled".into());
+                self.status = StatusLine::Info("approve-all cancelled".into());
                 self.close_modal();
                 return Action::None;
             }
@@ -684,8 +720,11 @@ impl App {
         match self.view {
             View::Dashboard => {
                 let before = self.sandbox_cursor;
-                self.sandbox_cursor =
-                    step.apply(self.sandbox_cursor, self.sandboxes.len(), geometry.list_page);
+                self.sandbox_cursor = step.apply(
+                    self.sandbox_cursor,
+                    self.sandboxes.len(),
+                    geometry.list_page,
+                );
                 if self.sandbox_cursor == before {
                     return Action::None;
                 }
@@ -698,8 +737,7 @@ impl App {
             }
             View::Detail => {
                 let lines = geometry.detail_max_scroll.saturating_add(1);
-                self.detail_scroll =
-                    step.apply(self.detail_scroll(), lines, geometry.detail_page);
+                self.detail_scroll = step.apply(self.detail_scroll(), lines, geometry.detail_page);
                 Action::None
             }
             _ => Action::None,
@@ -812,7 +850,8 @@ impl App {
     }
 
     fn selected_state(&self) -> Option<&SandboxState> {
-        self.selected_sandbox().and_then(|n| self.per_sandbox.get(n))
+        self.selected_sandbox()
+            .and_then(|n| self.per_sandbox.get(n))
     }
 
     fn state_mut(&mut self, sandbox: &str) -> &mut SandboxState {
@@ -825,6 +864,12 @@ impl App {
 
     fn selected_chunk_id(&self) -> Option<String> {
         self.selected_chunk().map(|e| e.chunk.id.clone())
+    }
+
+    /// The selected chunk's id and review token (which changes with it).
+    fn selected_chunk_version(&self) -> Option<(String, String)> {
+        self.selected_chunk()
+            .map(|e| (e.chunk.id.clone(), e.chunk.review_token.clone()))
     }
 
     fn reselect_chunk(&mut self, id: Option<&str>) {
