@@ -113,11 +113,11 @@ fn json_line(out: &str) -> Value {
 }
 
 #[test]
-fn a_proposal_appears_and_is_rejected_with_a_typed_reason() {
+fn a_proposal_appears_is_rejected_with_a_typed_reason_and_the_inbox_survives_a_restart() {
     if !privileged() {
         return;
     }
-    let f = RestFixture::start(UPSTREAM, "inbox", 34, POLICY, &[]);
+    let mut f = RestFixture::start(UPSTREAM, "inbox", 34, POLICY, &[]);
     let agent = &f.agent;
     let script = agent.root.join("scripted_agent.py");
     std::fs::write(&script, SCRIPT).unwrap();
@@ -180,4 +180,28 @@ fn a_proposal_appears_and_is_rejected_with_a_typed_reason() {
     assert_eq!(wait["body"]["rejection_reason"], reason);
     let history = agent.ok(&["rule", "history", "demo"]);
     assert!(history.contains(reason), "{history}");
+
+    // The agent dies and comes back: the inbox says so, reconnects, and
+    // shows what was proposed after the restart.
+    f.agent.kill();
+    tmux.wait_for("disconnected");
+    f.agent.spawn();
+    let rule = json!({
+        "endpoints": [{"host": "api.example.test", "port": 8443, "protocol": "rest",
+                       "rules": [{"allow": {"method": "GET", "path": "/docs/**"}}]}],
+        "binaries": [{"path": "/usr/bin/curl"}]
+    })
+    .to_string();
+    let out = f.agent.run_in(
+        "demo",
+        &[
+            "/usr/bin/python3",
+            script,
+            "propose",
+            "docs_after_restart",
+            &rule,
+        ],
+    );
+    assert!(out.status.success());
+    tmux.wait_for("docs_after_restart");
 }
