@@ -327,6 +327,39 @@ fn an_agent_asks_for_a_provider_and_gets_it_after_approval() {
         "{err}"
     );
 
+    // A host that carries credentials is never tunnelled uninspected: a
+    // sandbox whose policy says `tls: skip` for it is refused, in-band.
+    let skip = agent.write_policy(
+        "skip.yaml",
+        "version: 1
+network_policies:
+  raw_tunnel:
+    endpoints:
+      - host: api.github.com
+        port: 443
+        tls: skip
+    binaries:
+      - path: /usr/bin/curl
+",
+    );
+    agent.ok(&[
+        "sandbox",
+        "create",
+        "skipper",
+        "--policy",
+        skip.to_str().unwrap(),
+    ]);
+    agent.ok(&["sandbox", "provider", "attach", "skipper", "gh"]);
+    let out = agent.run_in("skipper", &["curl", "-sS", "https://api.github.com/user"]);
+    let refused = json(&stdout(&out));
+    assert_eq!(refused["error"], "uninspected_credentials", "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("allow_uninspected_credentials"),
+        "the answer names the fix: {refused}"
+    );
+
     // Auto mode holds a credentialed capability expansion for a person.
     agent.ok(&["sandbox", "approval-mode", "demo", "auto"]);
     let delete = serde_json::json!({"operations": [{"addRule": {"ruleName": "repo_delete", "rule": {

@@ -201,8 +201,11 @@ pub async fn run(config: &AgentConfig, cmd: ProviderCommand) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run_sandbox(config: &AgentConfig, cmd: SandboxProviderCommand) -> Result<ExitCode> {
-    let mut client = client::connect(&config.control_socket()).await?;
+/// `sandbox provider ...`, on the `sandbox` command's connection.
+pub async fn run_sandbox(
+    client: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+    cmd: SandboxProviderCommand,
+) -> Result<ExitCode> {
     match cmd {
         SandboxProviderCommand::Attach { sandbox, provider } => {
             let r = client

@@ -64,9 +64,6 @@ fn read_policy(path: &Option<PathBuf>) -> Result<(String, String)> {
 }
 
 pub async fn run(config: &AgentConfig, cmd: SandboxCommand) -> Result<ExitCode> {
-    if let SandboxCommand::Provider(cmd) = cmd {
-        return super::provider::run_sandbox(config, cmd).await;
-    }
     let mut client = client::connect(&config.control_socket()).await?;
     match cmd {
         SandboxCommand::Create {
@@ -146,7 +143,9 @@ pub async fn run(config: &AgentConfig, cmd: SandboxCommand) -> Result<ExitCode> 
                 );
             }
         }
-        SandboxCommand::Provider(_) => unreachable!("handled above"),
+        SandboxCommand::Provider(cmd) => {
+            return super::provider::run_sandbox(&mut client, cmd).await;
+        }
         SandboxCommand::Delete { name } => {
             let r = client
                 .delete_sandbox(pb::DeleteSandboxRequest { name: name.clone() })
