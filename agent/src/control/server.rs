@@ -18,7 +18,10 @@ use crate::{
         sandboxes::{self, NewSandbox},
     },
     datapath::COUNTER_NAMES,
-    drafts::{Chunk, ChunkStatus, engine::DraftError},
+    drafts::{
+        Chunk, ChunkStatus,
+        engine::{self, DraftError},
+    },
     sandbox::cgroup,
     store::ApprovalMode,
 };
@@ -524,13 +527,9 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::PolicyRevision>, Status> {
         let actor = actor(&req);
         let req = req.into_inner();
-        drafts::approve(
-            &self.agent,
-            &req.sandbox,
-            &req.chunk_id,
-            &req.review_token,
-            &actor,
-        )
+        drafts::decide(&self.agent, &req.sandbox, |s| {
+            engine::approve(s, &req.chunk_id, &req.review_token, &actor)
+        })
         .await
         .map_err(op_status)?;
         Ok(Response::new(current_pb(&self.agent, &req.sandbox)?))
@@ -543,13 +542,9 @@ impl pb::control_server::Control for ControlService {
         let actor = actor(&req);
         let req = req.into_inner();
         let before = sandbox_view(&self.agent, &req.sandbox)?.snapshot().version;
-        drafts::reject(
-            &self.agent,
-            &req.sandbox,
-            &req.chunk_id,
-            &req.reason,
-            &actor,
-        )
+        drafts::decide(&self.agent, &req.sandbox, |s| {
+            engine::reject(s, &req.chunk_id, &req.reason, &actor)
+        })
         .await
         .map_err(op_status)?;
         self.decided(&req.sandbox, &req.chunk_id, before).await
@@ -562,9 +557,11 @@ impl pb::control_server::Control for ControlService {
         let actor = actor(&req);
         let req = req.into_inner();
         let before = sandbox_view(&self.agent, &req.sandbox)?.snapshot().version;
-        drafts::undo(&self.agent, &req.sandbox, &req.chunk_id, &actor)
-            .await
-            .map_err(op_status)?;
+        drafts::decide(&self.agent, &req.sandbox, |s| {
+            engine::undo(s, &req.chunk_id, &actor)
+        })
+        .await
+        .map_err(op_status)?;
         self.decided(&req.sandbox, &req.chunk_id, before).await
     }
 
@@ -748,9 +745,11 @@ impl pb::control_server::Control for ControlService {
         let req = req.into_inner();
         let rule: serde_json::Value = serde_json::from_str(&req.proposed_rule_json)
             .map_err(|e| Status::invalid_argument(format!("the edited rule is not JSON: {e}")))?;
-        drafts::edit(&self.agent, &req.sandbox, &req.chunk_id, &rule, &actor)
-            .await
-            .map_err(op_status)?;
+        drafts::decide(&self.agent, &req.sandbox, |s| {
+            engine::edit(s, &req.chunk_id, &rule, &actor)
+        })
+        .await
+        .map_err(op_status)?;
         let chunk = drafts::chunk(&self.agent, &req.sandbox, &req.chunk_id)
             .await
             .map_err(|e| Status::internal(format!("{e:#}")))?

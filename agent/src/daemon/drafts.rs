@@ -78,6 +78,16 @@ fn now_ms() -> i64 {
     crate::audit::event::now_ms()
 }
 
+/// Runs one decision (`engine::approve`, `reject`, `undo`, `edit`, ...)
+/// on the sandbox's current state and applies its outcome.
+pub async fn decide(
+    agent: &Agent,
+    sandbox: &str,
+    op: impl FnOnce(&State<'_>) -> Outcome,
+) -> Result<(), OpError> {
+    run(agent, sandbox, |state| ((), op(state))).await
+}
+
 /// Runs `op` on the sandbox's current state and applies its outcome.
 async fn run<T>(
     agent: &Agent,
@@ -339,44 +349,6 @@ pub async fn submit(
     .await
 }
 
-pub async fn approve(
-    agent: &Agent,
-    sandbox: &str,
-    chunk_id: &str,
-    review_token: &str,
-    actor: &str,
-) -> Result<(), OpError> {
-    run(agent, sandbox, |state| {
-        ((), engine::approve(state, chunk_id, review_token, actor))
-    })
-    .await
-}
-
-pub async fn reject(
-    agent: &Agent,
-    sandbox: &str,
-    chunk_id: &str,
-    reason: &str,
-    actor: &str,
-) -> Result<(), OpError> {
-    run(agent, sandbox, |state| {
-        ((), engine::reject(state, chunk_id, reason, actor))
-    })
-    .await
-}
-
-pub async fn undo(
-    agent: &Agent,
-    sandbox: &str,
-    chunk_id: &str,
-    actor: &str,
-) -> Result<(), OpError> {
-    run(agent, sandbox, |state| {
-        ((), engine::undo(state, chunk_id, actor))
-    })
-    .await
-}
-
 pub async fn approve_all(
     agent: &Agent,
     sandbox: &str,
@@ -386,19 +358,6 @@ pub async fn approve_all(
 ) -> Result<ApproveAllSummary, OpError> {
     run(agent, sandbox, |state| {
         engine::approve_all(state, include_security_flagged, approvals, actor)
-    })
-    .await
-}
-
-pub async fn edit(
-    agent: &Agent,
-    sandbox: &str,
-    chunk_id: &str,
-    rule: &Value,
-    actor: &str,
-) -> Result<(), OpError> {
-    run(agent, sandbox, |state| {
-        ((), engine::edit(state, chunk_id, rule, actor))
     })
     .await
 }
