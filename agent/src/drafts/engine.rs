@@ -279,6 +279,16 @@ fn judge(
     }
 }
 
+/// The first binary a rule names: the chunk's `binary`; empty for none.
+fn first_binary(rule: &Value) -> String {
+    rule.get("binaries")
+        .and_then(|b| b.get(0))
+        .and_then(|b| b.get("path"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// What a provider of `provider_type` would add, in rule form: its
 /// profile's endpoints and binaries, for reviewers to read.
 fn provider_rule(provider_type: &str) -> Value {
@@ -742,14 +752,12 @@ pub fn submit(
                 .push(format!("chunk '{rule_name}': {e}"));
             continue;
         }
-        let binary = proposed_rule
-            .get("binaries")
-            .and_then(|b| b.get(0))
-            .and_then(|b| b.get("path"))
-            .and_then(Value::as_str)
-            .filter(|_| provider_request.is_none())
-            .unwrap_or_default()
-            .to_string();
+        // A provider request names the profile's binaries, not one caller.
+        let binary = if provider_request.is_none() {
+            first_binary(&proposed_rule)
+        } else {
+            String::new()
+        };
         let mut chunk = Chunk {
             id: new_id(),
             sandbox: state.sandbox.to_string(),
@@ -1089,14 +1097,7 @@ pub fn edit(state: &State<'_>, chunk_id: &str, rule: &Value, actor: &str) -> Out
     };
     let eval = evaluate(state, &w.policy, &w.effective, &proposed);
     let chunk = &mut w.chunks[i];
-    chunk.binary = proposed
-        .canonical
-        .get("binaries")
-        .and_then(|b| b.get(0))
-        .and_then(|b| b.get("path"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    chunk.binary = first_binary(&proposed.canonical);
     chunk.proposed_rule = proposed.canonical;
     eval.write_to(chunk);
     let text = format!("Rule '{}' edited by the operator", chunk.rule_name);

@@ -390,7 +390,6 @@ async fn wait_for_coverage(agent: &Agent, sandbox: &str, chunk: &Chunk, deadline
     let Some(view) = agent.sandbox(sandbox) else {
         return false;
     };
-    let mut rx = view.policy.subscribe();
     if let Some(req) = &chunk.provider_request {
         // Attachment and the recomposed policy go live together.
         return agent
@@ -398,6 +397,7 @@ async fn wait_for_coverage(agent: &Agent, sandbox: &str, chunk: &Chunk, deadline
             .attached_names(sandbox)
             .contains(&req.name);
     }
+    let mut rx = view.policy.subscribe();
     let rule = engine::proposed(chunk);
     let deadline = deadline.max(Instant::now() + RELOAD_GRACE);
     loop {
