@@ -391,6 +391,11 @@ impl DenyResponse {
 /// `prefix-OPENSHELL-RESOLVE-ENV-KEY` (reference §6.4).
 pub fn redact_credentials(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
+    // Every form starts with `openshell`: most text has none, and the
+    // per-request decision should not pay for the full scan then.
+    if !contains_ignore_ascii_case(bytes, b"openshell") {
+        return Cow::Borrowed(text);
+    }
     let mut ranges: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -430,6 +435,12 @@ pub fn redact_credentials(text: &str) -> Cow<'_, str> {
 
 /// Matches `w0 SEP w1 SEP w2 SEP` at `at`, case-insensitively, where SEP
 /// is `:` or `%3A` (`colon`) or `-` (the alias). Returns the end.
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 fn match_marker(bytes: &[u8], at: usize, words: &[&str], colon: bool) -> Option<usize> {
     let mut i = at;
     for word in words {

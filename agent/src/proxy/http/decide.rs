@@ -59,8 +59,15 @@ pub fn route<'a, 'p>(
     matches: &'a [EndpointMatch<'p>],
     path: &str,
 ) -> Option<&'a EndpointMatch<'p>> {
-    let path = redact_credentials(path);
-    candidates(matches, &path).fold(None, |best, (m, _)| match best {
+    route_redacted(matches, &redact_credentials(path))
+}
+
+/// [`route`] for a path whose placeholders are already redacted.
+fn route_redacted<'a, 'p>(
+    matches: &'a [EndpointMatch<'p>],
+    path: &str,
+) -> Option<&'a EndpointMatch<'p>> {
+    candidates(matches, path).fold(None, |best, (m, _)| match best {
         Some(b) if rank(b) >= rank(m) => Some(b),
         _ => Some(m),
     })
@@ -93,7 +100,7 @@ pub fn decide(
         }
         return L7Outcome::NotInspected;
     };
-    let Some(primary) = route(matches, &path) else {
+    let Some(primary) = route_redacted(matches, &path) else {
         return L7Outcome::Deny {
             rule: first_l7.rule.key.clone(),
             reason: NO_PATH_MATCHED.into(),
