@@ -62,7 +62,8 @@ pub fn wait_for_line(
     }
 }
 
-fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// The lines a reader yields, on a channel (read by a thread).
+pub fn lines_of(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
@@ -132,11 +133,13 @@ impl Agent {
         agent
     }
 
-    /// Starts the agent process and waits for its ready line.
+    /// Starts the agent process and waits for its ready line. It logs at
+    /// `PORTCULLIS_E2E_LOG` (the benchmark sets plain `info`), by default
+    /// info plus the upstream name resolutions some tests look for.
     pub fn spawn(&mut self) {
         let mut child = Command::new(portcullis_bin())
             .args(["--config", self.config.to_str().unwrap(), "agent"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -162,6 +165,11 @@ impl Agent {
     }
 
     /// SIGKILL: no cleanup runs, as in a crash.
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -299,6 +307,11 @@ impl Drop for Agent {
         let _ = self.cli(&["down"]);
         self.kill();
     }
+}
+
+/// The agent's `RUST_LOG` in tests; see [`Agent::spawn`].
+fn log_filter() -> String {
+    std::env::var("PORTCULLIS_E2E_LOG").unwrap_or_else(|_| "info,portcullis::dns=debug".into())
 }
 
 pub fn cgroup2_root() -> PathBuf {

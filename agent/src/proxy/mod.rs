@@ -245,7 +245,11 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     let resolved = match &conn.name {
         Some(name) => match agent.resolver.resolve(name).await {
             Ok(addrs) => {
-                log::info!(
+                // Per connection, so debug: at info it was a stderr write
+                // on every connect (the audit log has the decision). Its
+                // own target lets tests see which names went upstream.
+                log::debug!(
+                    target: "portcullis::dns",
                     "sandbox {}: resolved {name} for rule {}: {addrs:?}",
                     conn.sandbox,
                     allow.rule
