@@ -372,7 +372,7 @@ fn policies_reload_without_restart_and_invalid_ones_are_rejected() {
         return;
     }
     let mut up = Upstream::http(15);
-    up.spawn(&[env!("CARGO_BIN_EXE_datapath-bench"), "serve", "9000"]);
+    up.spawn(&[env!("CARGO_BIN_EXE_bench"), "serve", "9000"]);
     let hosts = [
         ("api.example.test", up.ip4.as_str()),
         ("echo.example.test", &up.ip4),

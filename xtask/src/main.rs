@@ -4,6 +4,7 @@
 //! `rust-src` nor `bpf-linker`; `build-ebpf` installs what is missing and
 //! says so.
 
+mod bench;
 mod ebpf;
 
 use std::{
@@ -22,7 +23,8 @@ tasks:
   build             build-ebpf, then the agent (release)
   run [ARGS...]     build, then start `portcullis agent ARGS...` on embedded defaults
   test              build, then run every test: unit and privileged end-to-end
-  bench             build, then measure the datapath against the direct path
+  bench [OPTIONS]   build, then measure every scenario against the direct path
+                    (--only 1,4  --seconds N  --perf N); report in target/bench/
 ";
 
 fn main() -> ExitCode {
@@ -54,26 +56,7 @@ fn run() -> Result<()> {
         "test" => test(),
         "bench" => {
             let agent = build_all()?;
-            // Policy decisions with 10,000 rules (criterion), then the
-            // datapath against the direct path, measured in one run.
-            let status = cargo()
-                .args(["bench", "-p", "portcullis-agent", "--bench", "policy"])
-                .status()?;
-            exit_with(status).context("policy benchmark")?;
-            let status = cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "portcullis-e2e",
-                    "--bin",
-                    "datapath-bench",
-                    "--",
-                ])
-                .args(&rest)
-                .env("PORTCULLIS_BIN", &agent)
-                .status()?;
-            exit_with(status)
+            bench::run(&agent, &rest)
         }
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
