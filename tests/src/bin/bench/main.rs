@@ -454,25 +454,18 @@ network_policies:
             )),
             Err(e) => report.error(KEEPALIVE, e),
         }
-        match sandboxed {
-            Ok(load) => {
-                report.row(load_row(
-                    KEEPALIVE,
-                    "sandbox (L7 inspected)",
-                    &load,
-                    &direct,
-                ));
-                for row in footprint_rows("scenario 2", window) {
-                    report.row(row);
-                }
-                self.keepalive_rps = Some(load.per_second);
-                report.verdict(
-                    KEEPALIVE,
-                    "req/s ratio >= 0.5",
-                    ratio_outcome(Some(load.per_second / direct.per_second), 0.5),
-                );
+        let judged = judge_load(
+            report,
+            (KEEPALIVE, "req/s ratio >= 0.5", 0.5),
+            "sandbox (L7 inspected)",
+            &direct,
+            sandboxed,
+        );
+        if let Some(load) = judged {
+            for row in footprint_rows("scenario 2", window) {
+                report.row(row);
             }
-            Err(e) => report.error(KEEPALIVE, e),
+            self.keepalive_rps = Some(load.per_second);
         }
     }
 
@@ -545,17 +538,13 @@ network_policies:
                 &[],
             )
         });
-        match sandboxed {
-            Ok(load) => {
-                report.row(load_row(TLS, "sandbox (TLS terminated)", &load, &direct));
-                report.verdict(
-                    TLS,
-                    "req/s ratio >= 0.4",
-                    ratio_outcome(Some(load.per_second / direct.per_second), 0.4),
-                );
-            }
-            Err(e) => report.error(TLS, e),
-        }
+        judge_load(
+            report,
+            (TLS, "req/s ratio >= 0.4", 0.4),
+            "sandbox (TLS terminated)",
+            &direct,
+            sandboxed,
+        );
     }
 
     /// A fresh TLS connection and one GET per host: to hosts the proxy has
@@ -640,17 +629,13 @@ network_policies:
                 "https://bench.test:8443/bench",
             )
         });
-        match sandboxed {
-            Ok(load) => {
-                report.row(load_row(H2, "sandbox h2 (TLS terminated)", &load, &direct));
-                report.verdict(
-                    H2,
-                    "req/s ratio >= 0.4",
-                    ratio_outcome(Some(load.per_second / direct.per_second), 0.4),
-                );
-            }
-            Err(e) => report.error(H2, e),
-        }
+        judge_load(
+            report,
+            (H2, "req/s ratio >= 0.4", 0.4),
+            "sandbox h2 (TLS terminated)",
+            &direct,
+            sandboxed,
+        );
     }
 
     // -- scenario 6 -------------------------------------------------------
@@ -850,6 +835,30 @@ fn load_row(scenario: &'static str, path: &str, load: &Load, direct: &Load) -> R
     Row::new(scenario, path, load.per_second, "req/s")
         .ratio(load.per_second / direct.per_second)
         .latency(load.p50_us, load.p99_us)
+}
+
+/// Records a sandboxed load run against its direct baseline and judges
+/// the req/s ratio against the (scenario, target, lower bound); returns
+/// the run when it succeeded.
+fn judge_load(
+    report: &mut Report,
+    (scenario, target, bound): (&'static str, &'static str, f64),
+    path: &str,
+    direct: &Load,
+    sandboxed: Result<Load, String>,
+) -> Option<Load> {
+    match sandboxed {
+        Ok(load) => {
+            report.row(load_row(scenario, path, &load, direct));
+            let ratio = load.per_second / direct.per_second;
+            report.verdict(scenario, target, ratio_outcome(Some(ratio), bound));
+            Some(load)
+        }
+        Err(e) => {
+            report.error(scenario, e);
+            None
+        }
+    }
 }
 
 /// The agent's peak RSS and CPU use during a window of load.
