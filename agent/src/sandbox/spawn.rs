@@ -62,7 +62,8 @@ pub fn sandbox_env(sandbox: &str, trust_bundle: &Path) -> Vec<(String, OsString)
 
 /// Builds the child command. In the child, before exec: join the cgroup
 /// (so no socket is ever created outside it), drop supplementary groups,
-/// gid and uid, clear the capability bounding set and set no_new_privs.
+/// gid and uid, clear the capability bounding set, set no_new_privs and
+/// mark every descriptor but stdio close-on-exec.
 pub fn command(
     cgroup_dir: &Path,
     workload: &Workload,
@@ -103,6 +104,19 @@ pub fn command(
             }
             nix::unistd::setuid(uid)?;
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Nothing but stdio crosses exec: a socket opened outside the
+            // sandbox (and so outside its hooks) and left inheritable by
+            // the caller would be a connection the policy never saw.
+            // CLOEXEC rather than close keeps std's exec-error pipe working.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
