@@ -1,0 +1,193 @@
+//! The adversarial suite: an unprivileged workload in a real sandbox tries
+//! to get a byte past the agent, and a canary outside (in a network
+//! namespace) records everything that reaches it. An escape is anything
+//! the canary saw from the workload, or anything the workload could do
+//! that it should not (open a raw socket, leave its cgroup...).
+//!
+//! Each run writes `target/adversarial/escapes.json`: attempts made and
+//! escapes (must be 0), which `cargo xtask test` sums into its report.
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use portcullis_e2e::{Agent, Upstream, portcullis_bin, privileged, stdout};
+use serde_json::{Value, json};
+
+const ATTEMPTS: &str = include_str!("../scripts/escape_attempts.py");
+const PYTHON: &str = "/usr/bin/python3";
+/// The canary's ports: one no policy allows, DNS, HTTPS/QUIC.
+const CANARY_TCP: [u16; 3] = [9999, 53, 443];
+const CANARY_UDP: [u16; 2] = [53, 443];
+
+/// Listens on every canary port (dual-stack), answers `CANARY`, and
+/// appends what each client sent to the hit file given as argv[1].
+const CANARY: &str = r#"
+import socket, sys, threading
+hits = open(sys.argv[1], "a", buffering=1)
+def record(kind, port, peer, data):
+    hits.write(f"{kind} {port} {peer} {data!r}\n")
+def tcp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port)); s.listen(64)
+    while True:
+        c, peer = s.accept()
+        def serve(c=c, peer=peer):
+            c.settimeout(2)
+            try:
+                data = c.recv(4096)
+            except OSError:
+                data = b""
+            record("tcp", port, peer[0], data)
+            try:
+                c.sendall(b"CANARY\n")
+            except OSError:
+                pass
+            c.close()
+        threading.Thread(target=serve, daemon=True).start()
+def udp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    while True:
+        data, peer = s.recvfrom(4096)
+        record("udp", port, peer[0], data)
+        s.sendto(b"CANARY", peer)
+for port in [int(p) for p in sys.argv[2].split(",")]:
+    threading.Thread(target=tcp, args=(port,), daemon=True).start()
+for port in [int(p) for p in sys.argv[3].split(",")]:
+    threading.Thread(target=udp, args=(port,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+fn join(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn an_unprivileged_workload_gets_nothing_past_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let mut canary = Upstream::create(44);
+    let hits = PathBuf::from("/tmp/portcullis-e2e/adversarial-canary.hits");
+    let _ = std::fs::remove_file(&hits);
+    std::fs::create_dir_all(hits.parent().unwrap()).unwrap();
+    canary.spawn(&[
+        PYTHON,
+        "-c",
+        CANARY,
+        hits.to_str().unwrap(),
+        &join(&CANARY_TCP),
+        &join(&CANARY_UDP),
+    ]);
+
+    let agent = Agent::start("adversarial", 44, &[("api.example.test", "198.51.100.7")]);
+    let policy = agent.write_policy(
+        "p.yaml",
+        "version: 1
+network_policies:
+  api:
+    endpoints:
+      - host: api.example.test
+        port: 8080
+    binaries:
+      - path: /usr/bin/python3*
+",
+    );
+    agent.ok(&[
+        "sandbox",
+        "create",
+        "box",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let script = agent.root.join("escape_attempts.py");
+    std::fs::write(&script, ATTEMPTS).unwrap();
+
+    // A connection opened outside the sandbox, left inheritable: the
+    // workload must not receive it.
+    let outside = TcpStream::connect((canary.ip4.as_str(), CANARY_TCP[0])).unwrap();
+    let fd = outside.as_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on a descriptor we own.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+
+    let cgroup_root = portcullis_e2e::cgroup2_root();
+    let control = agent.root.join("run/control.sock");
+    let (proxy_port, mark) = (agent.proxy_port.to_string(), agent.self_mark.to_string());
+    let fd_arg = fd.to_string();
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(portcullis_bin())
+        .arg("--config")
+        .arg(&agent.config)
+        .args(["run", "--sandbox", "box", "--", PYTHON])
+        .arg(&script)
+        .args([canary.ip4.as_str(), canary.ip6.as_str(), &proxy_port])
+        .arg(&cgroup_root)
+        .arg(&control)
+        .args([&mark, &fd_arg])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    drop(outside);
+    let results: Vec<Value> = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        results.len(),
+        13,
+        "every attempt reports: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The canary's record is the authority: it saw the harness's own
+    // connection (empty), and nothing the workload sent.
+    let seen = std::fs::read_to_string(&hits).unwrap_or_default();
+    let canary_escapes: Vec<&str> = seen.lines().filter(|l| l.contains("ESCAPE")).collect();
+    let workload_escapes: Vec<&Value> = results.iter().filter(|r| r["escaped"] == true).collect();
+    let summary = json!({
+        "suite": "escape attempts",
+        "attempts": results.len(),
+        "escapes": workload_escapes.len() + canary_escapes.len(),
+        "results": results,
+        "canary": seen.lines().collect::<Vec<_>>(),
+    });
+    write_report("escapes.json", &summary);
+    println!(
+        "adversarial: {} escape attempts, {} escapes",
+        results.len(),
+        summary["escapes"]
+    );
+    assert!(
+        workload_escapes.is_empty() && canary_escapes.is_empty(),
+        "escapes: workload saw {workload_escapes:#?}; canary saw {canary_escapes:#?}"
+    );
+
+    // Each kernel-level refusal is on record as a denial, not silence.
+    let denials = agent.shorthand();
+    for needle in [canary.ip4.as_str(), "DENIED"] {
+        assert!(denials.contains(needle), "{needle} in {denials}");
+    }
+}
+
+/// `target/adversarial/NAME`, for `cargo xtask test` to sum up.
+fn write_report(name: &str, value: &Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/adversarial");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut f = std::fs::File::create(dir.join(name)).unwrap();
+    writeln!(f, "{}", serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
