@@ -191,3 +191,72 @@ fn write_report(name: &str, value: &Value) {
     let mut f = std::fs::File::create(dir.join(name)).unwrap();
     writeln!(f, "{}", serde_json::to_string_pretty(value).unwrap()).unwrap();
 }
+
+/// Posts N distinct proposals as fast as it can; prints one JSON line per
+/// reply: status, error code and Retry-After.
+const FLOOD: &str = r#"
+import json, sys, urllib.error, urllib.request
+for i in range(int(sys.argv[1])):
+    rule = {"endpoints": [{"host": f"h{i}.example.test", "port": 443}],
+            "binaries": [{"path": "/usr/bin/curl"}]}
+    body = json.dumps({"operations": [{"addRule": {"ruleName": f"r{i}", "rule": rule}}]}).encode()
+    req = urllib.request.Request("http://policy.local/v1/proposals", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, text, retry = r.status, r.read().decode(), None
+    except urllib.error.HTTPError as e:
+        status, text, retry = e.code, e.read().decode(), e.headers.get("Retry-After")
+    print(json.dumps({"status": status, "error": json.loads(text).get("error"), "retry_after": retry}), flush=True)
+"#;
+
+#[test]
+fn a_proposal_flood_is_rate_limited_and_counted() {
+    if !privileged() {
+        return;
+    }
+    let agent = Agent::start("adversarial-flood", 45, &[]);
+    agent.ok(&["sandbox", "create", "box"]);
+    let out = agent.run_in("box", &[PYTHON, "-c", FLOOD, "50"]);
+    let replies: Vec<Value> = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        replies.len(),
+        50,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted = replies.iter().filter(|r| r["status"] == 202).count();
+    let limited: Vec<&Value> = replies.iter().filter(|r| r["status"] == 429).collect();
+    // The burst (20), give or take a token earned while the flood ran.
+    assert!(
+        (20..=22).contains(&accepted),
+        "accepted {accepted}: {replies:#?}"
+    );
+    assert_eq!(accepted + limited.len(), 50, "{replies:#?}");
+    for r in &limited {
+        assert_eq!(r["error"], "rate_limited");
+        let wait: u64 = r["retry_after"].as_str().unwrap().parse().unwrap();
+        assert!((1..=3).contains(&wait), "{r}");
+    }
+    let status = agent.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "{} proposals refused by the rate limit",
+            limited.len()
+        )),
+        "{status}"
+    );
+    // Only the admitted proposals reached the store.
+    let pending = agent.ok(&["rule", "get", "box", "--status", "pending", "--json"]);
+    let chunks: Value = serde_json::from_str(&pending).unwrap();
+    let stored = chunks["chunks"].as_array().map_or(0, Vec::len);
+    assert_eq!(stored, accepted, "{pending}");
+    write_report(
+        "flood.json",
+        &json!({"suite": "proposal flood", "sent": 50, "accepted": accepted,
+                "rate_limited": limited.len()}),
+    );
+}

@@ -33,5 +33,9 @@ pub async fn run(config: &AgentConfig) -> Result<ExitCode> {
         println!("  {:<24}{}", c.name, c.value);
     }
     println!("audit         {} events dropped", s.audit_dropped);
+    println!(
+        "policy.local  {} proposals refused by the rate limit",
+        s.proposals_rate_limited
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -306,6 +306,7 @@ impl pb::control_server::Control for ControlService {
             connections_total: load(&s.connections_total),
             connections_denied: load(&s.connections_denied),
             lookup_misses: load(&s.lookup_misses),
+            proposals_rate_limited: load(&s.proposals_rate_limited),
             kernel: COUNTER_NAMES
                 .iter()
                 .zip(counters)

@@ -47,6 +47,8 @@ pub struct Stats {
     pub connections_denied: AtomicU64,
     pub lookup_misses: AtomicU64,
     pub kernel_denials_seen: AtomicU64,
+    /// `POST /v1/proposals` refused because a sandbox sent too many.
+    pub proposals_rate_limited: AtomicU64,
 }
 
 impl Stats {
@@ -86,6 +88,8 @@ pub struct Agent {
     pub drafts: tokio::sync::broadcast::Sender<drafts::DraftUpdate>,
     /// Providers and attachments; secrets live here in memory only.
     pub providers: RwLock<providers::ProviderCache>,
+    /// Proposal budget per sandbox (`policy.local` flood control).
+    pub proposal_limiter: Mutex<crate::local_api::rate::ProposalLimiter>,
 }
 
 /// Preconditions every privileged command shares, with errors that say
@@ -238,6 +242,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         writer: tokio::sync::Mutex::new(()),
         drafts: drafts::update_channel(),
         providers: RwLock::new(provider_cache),
+        proposal_limiter: Mutex::default(),
     });
     // Re-attach sandboxes of a previous run: pinned links are kept as they
     // are; anything missing (a fresh bpffs after reboot) is attached again.

@@ -5,6 +5,7 @@
 //! own policy, denials and chunks.
 
 pub mod denials;
+pub mod rate;
 
 use std::{
     convert::Infallible,
@@ -22,7 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     daemon::{
-        Agent,
+        Agent, Stats,
         drafts::{self, OpError},
     },
     deny::routes,
@@ -76,6 +77,25 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
 
 fn error(status: StatusCode, code: &str, detail: &str) -> Reply {
     json_reply(status, &json!({ "error": code, "detail": detail }))
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+fn rate_limited(wait: Duration) -> Reply {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut reply = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        &format!(
+            "more than {} proposals in a burst (one more every {} s); retry in {seconds} s, \
+             and combine related rules into one proposal",
+            rate::BURST,
+            rate::REFILL_EVERY.as_secs()
+        ),
+    );
+    reply
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    reply
 }
 
 /// Where a request goes: (method, path before `?`) matched exactly.
@@ -199,10 +219,23 @@ async fn answer(agent: &Agent, sandbox: &str, req: Request<Incoming>) -> Reply {
                 ),
             }
         }
-        Route::Submit => match read_body(req, BODY_READ_TIMEOUT).await {
-            Ok(body) => submit(agent, sandbox, &body).await,
-            Err(reply) => reply,
-        },
+        Route::Submit => {
+            // Checked before the body is read: a flood costs the agent
+            // as little as possible.
+            let admitted = agent
+                .proposal_limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(sandbox, Instant::now());
+            if let Err(wait) = admitted {
+                Stats::bump(&agent.stats.proposals_rate_limited);
+                return rate_limited(wait);
+            }
+            match read_body(req, BODY_READ_TIMEOUT).await {
+                Ok(body) => submit(agent, sandbox, &body).await,
+                Err(reply) => reply,
+            }
+        }
         Route::Chunk(id) => match drafts::chunk(agent, sandbox, id).await {
             Ok(Some(chunk)) => json_reply(StatusCode::OK, &chunk_payload(&chunk, false, false)),
             Ok(None) => chunk_not_found(id),
