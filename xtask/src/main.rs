@@ -4,6 +4,7 @@
 //! `rust-src` nor `bpf-linker`; `build-ebpf` installs what is missing and
 //! says so.
 
+mod adversarial;
 mod bench;
 mod ebpf;
 
@@ -102,6 +103,9 @@ fn test() -> Result<()> {
     let agent = build_all()?;
     let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     println!("xtask: running unit and end-to-end tests (CI={ci})");
+    // Last run's adversarial records must not stand in for this run's.
+    let _ = std::fs::remove_file(adversarial::dir().join("escapes.json"));
+    let _ = std::fs::remove_file(adversarial::dir().join("flood.json"));
     // End-to-end tests share the kernel's cgroups and bpffs; each test uses
     // its own names, so they may run in parallel, but two threads keep a
     // two-core machine responsive.
@@ -130,6 +134,9 @@ fn test() -> Result<()> {
         }
     }
     let status = child.wait()?;
+    for line in adversarial::lines(&adversarial::dir()) {
+        println!("{line}");
+    }
     println!("summary: {passed} passed, {failed} failed");
     exit_with(status)
 }
