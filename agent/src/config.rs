@@ -60,6 +60,10 @@ pub struct AgentConfig {
     /// policy alone decides who reaches the provider's hosts; credentials
     /// stay bound to them either way.
     pub provider_rules: bool,
+    /// Seconds an HTTP/1.1 client of the L7 proxy has to send each request
+    /// head, idle keep-alive time included: a slowloris client, or one that
+    /// holds a connection without using it, is closed after it.
+    pub http_head_seconds: u32,
 }
 
 /// `control_tcp`: where remote operators connect, and the certificates.
@@ -94,6 +98,7 @@ impl Default for AgentConfig {
             dns_pool_v4: crate::dns::synthetic::PoolConfig::default().v4,
             dns_pool_v6: crate::dns::synthetic::PoolConfig::default().v6,
             relay: Default::default(),
+            http_head_seconds: 60,
             upstream_extra_roots: Vec::new(),
             skill_dirs: vec![
                 "/etc/openshell/skills".into(),
@@ -124,7 +129,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp, provider_rules)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp, provider_rules, http_head_seconds)",
                 path.display()
             )
         })?;
@@ -132,6 +137,11 @@ impl AgentConfig {
             .validate()
             .with_context(|| format!("config {}", path.display()))?;
         Ok(config)
+    }
+
+    /// `http_head_seconds` as a duration.
+    pub fn http_head_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.http_head_seconds))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -146,6 +156,9 @@ impl AgentConfig {
         }
         if self.self_mark == 0 {
             bail!("self_mark must be non-zero: 0 is the mark of every unmarked socket");
+        }
+        if self.http_head_seconds == 0 {
+            bail!("http_head_seconds must be at least 1 (60 is the default)");
         }
         if self.cgroup_parent.is_absolute()
             || self

@@ -260,3 +260,76 @@ fn a_proposal_flood_is_rate_limited_and_counted() {
                 "rate_limited": limited.len()}),
     );
 }
+
+/// One full request, then a second head trickled a header line every
+/// 200 ms; prints how long the proxy let it dribble and how it ended.
+const SLOWLORIS: &str = r#"
+import json, socket, time
+s = socket.create_connection(("api.example.test", 8080), timeout=30)
+s.sendall(b"GET /first HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+first = s.recv(65536)
+s.sendall(b"GET /second HTTP/1.1\r\nHost: api.example.test\r\n")
+start = time.monotonic()
+how = "still open after 20 s"
+while time.monotonic() - start < 20:
+    try:
+        s.sendall(b"X-Slow: 1\r\n")
+        s.settimeout(0.2)
+        if s.recv(65536) == b"":
+            how = "closed"
+            break
+    except socket.timeout:
+        continue
+    except OSError as e:
+        how = type(e).__name__
+        break
+print(json.dumps({"first": first.split(b"\r\n")[0].decode(), "seconds": time.monotonic() - start, "how": how}))
+"#;
+
+#[test]
+fn a_slowloris_client_is_cut_off_at_the_head_deadline() {
+    if !privileged() {
+        return;
+    }
+    let up = Upstream::http(46);
+    let agent = Agent::start_with(
+        "adversarial-slow",
+        46,
+        &[("api.example.test", up.ip4.as_str())],
+        "http_head_seconds: 2\n",
+    );
+    let policy = agent.write_policy(
+        "p.yaml",
+        "version: 1
+network_policies:
+  api:
+    endpoints:
+      - host: api.example.test
+        port: 8080
+        protocol: rest
+        access: read-only
+    binaries:
+      - path: /usr/bin/python3*
+",
+    );
+    agent.ok(&[
+        "sandbox",
+        "create",
+        "box",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let out = agent.run_in("box", &[PYTHON, "-c", SLOWLORIS]);
+    let line: Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(line["first"].as_str().unwrap().contains(" 200"), "{line}");
+    let seconds = line["seconds"].as_f64().unwrap();
+    assert_ne!(line["how"], "still open after 20 s", "{line}");
+    // Cut at the 2 s deadline, not at once and not much later.
+    assert!((1.5..6.0).contains(&seconds), "{line}");
+}

@@ -15,6 +15,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -25,7 +26,7 @@ use hyper::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     service::service_fn,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -299,6 +300,7 @@ where
         (Upstream::H1(Mutex::new(sender)), Some(conn))
     };
     let upstream = Arc::new(upstream);
+    let head_timeout = session.agent.config.http_head_timeout();
     let service = service_fn(move |req| {
         let session = session.clone();
         let upstream = upstream.clone();
@@ -311,9 +313,9 @@ where
             let upstream_side = async move {
                 let _ = conn.with_upgrades().await;
             };
-            tokio::join!(serve_http(client, h2, service), upstream_side).0
+            tokio::join!(serve_http(client, h2, head_timeout, service), upstream_side).0
         }
-        None => serve_http(client, h2, service).await,
+        None => serve_http(client, h2, head_timeout, service).await,
     };
     if let Err(e) = served {
         log::debug!("L7 connection ended: {e}");
@@ -321,8 +323,15 @@ where
 }
 
 /// Serves one client connection with `service`, HTTP/2 or HTTP/1.1 (with
-/// upgrades), under the same head-size limits on every path.
-async fn serve_http<I, S>(io: I, h2: bool, service: S) -> Result<(), hyper::Error>
+/// upgrades), under the same head-size limits on every path. An HTTP/1.1
+/// client gets `head_timeout` to send each request head (the first was
+/// already read by the sniffer, under its own deadline).
+async fn serve_http<I, S>(
+    io: I,
+    h2: bool,
+    head_timeout: Duration,
+    service: S,
+) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
@@ -336,6 +345,8 @@ where
             .await
     } else {
         hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(head_timeout)
             .max_header_size(MAX_HEAD_BYTES)
             .max_buf_size(4 * MAX_HEAD_BYTES)
             .serve_connection(io, service)
@@ -371,7 +382,8 @@ pub async fn answer_refusal(
         }
     };
     if !tls {
-        let _ = serve_http(TokioIo::new(client), false, service_fn(deny)).await;
+        let timeout = agent.config.http_head_timeout();
+        let _ = serve_http(TokioIo::new(client), false, timeout, service_fn(deny)).await;
         return;
     }
     let Some(leaves) = agent.leaves.clone() else {
@@ -393,7 +405,8 @@ pub async fn answer_refusal(
         return;
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(H2);
-    let _ = serve_http(TokioIo::new(tls), h2, service_fn(deny)).await;
+    let timeout = agent.config.http_head_timeout();
+    let _ = serve_http(TokioIo::new(tls), h2, timeout, service_fn(deny)).await;
 }
 
 /// The L4 body for a request on a refused connection.
