@@ -62,7 +62,11 @@ mod tests {
     fn records_are_summed_and_missing_ones_say_how_to_get_them() {
         let dir = std::env::temp_dir().join(format!("xtask-adv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("escapes.json"), r#"{"attempts": 13, "escapes": 0}"#).unwrap();
+        std::fs::write(
+            dir.join("escapes.json"),
+            r#"{"attempts": 13, "escapes": 0}"#,
+        )
+        .unwrap();
         let text = lines(&dir).join("\n");
         assert!(text.contains("13 made, 0 escapes"), "{text}");
         assert!(text.contains("proposal flood   not run"), "{text}");
