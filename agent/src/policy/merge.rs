@@ -377,7 +377,7 @@ fn parse_one_rule(name: &str, rule: &Json) -> Result<(Rule, Json), MergeError> {
     let mut rules = Map::new();
     rules.insert(name.to_string(), rule.clone());
     let doc = json!({ "version": 1, "network_policies": Json::Object(rules) });
-    let policy = Policy::parse(PROPOSAL_SOURCE, &doc.to_string())
+    let policy = Policy::parse(PROPOSAL_SOURCE, &crate::policy::document_text(&doc))
         .map_err(|e| MergeError::InvalidRule(relative_error(name, &e)))?;
     let typed = policy.rule(name).cloned();
     let canonical = policy
@@ -1297,7 +1297,7 @@ fn rules_mut(doc: &mut Json) -> Result<&mut Map<String, Json>, MergeError> {
 }
 
 fn reparse(doc: &Json) -> Result<Policy, MergeError> {
-    Policy::parse(MERGE_SOURCE, &doc.to_string())
+    Policy::parse(MERGE_SOURCE, &crate::policy::document_text(doc))
         .map_err(|e| MergeError::CandidateInvalid(format!("{}: {}", e.yaml_path, e.problem)))
 }
 

@@ -233,6 +233,8 @@ impl Policy {
     }
 
     /// The document as parsed and normalised, map keys sorted.
+    /// [`document_text`] turns it (or a document built from it) back into
+    /// text the parser reads.
     pub fn canonical_json(&self) -> serde_json::Value {
         self.inner.canonical.clone()
     }
@@ -277,4 +279,13 @@ impl Policy {
             })
             .collect()
     }
+}
+
+/// A policy document built as JSON, as text the YAML parser reads back
+/// exactly. JSON text is nearly YAML, but serde_json writes C1 controls and
+/// noncharacters raw, and libyaml refuses them (U+0080-U+009F, U+FFFE) or
+/// reads U+0085 as a line break; serde_yaml escapes them. Found by the
+/// `policy_yaml` fuzz target.
+pub fn document_text(doc: &serde_json::Value) -> String {
+    serde_yaml::to_string(doc).unwrap_or_else(|_| doc.to_string())
 }

@@ -1190,3 +1190,30 @@ fn ten_thousand_rules_decide_correctly() {
         start.elapsed()
     );
 }
+
+/// Regressions from the `policy_yaml` fuzz target: strings serde_json
+/// writes raw and libyaml refuses (C1 controls, noncharacters) or changes
+/// (U+0085, a YAML line break). Merges and revokes re-parse the canonical
+/// form; it must come back exactly.
+#[test]
+fn the_canonical_form_parses_back_to_the_same_policy() {
+    let cases = [
+        "version: 1\nlandlock: \"\\x80\"\n",
+        "version: 1\nnetwork_policies:\n  r:\n    endpoints: [{host: a.test, port: 443}]\n    binaries: [{path: \"/usr/bin/\\uFFFF\"}]\n",
+        "version: 1\nnetwork_policies:\n  r:\n    name: \"x\\x85y\"\n    endpoints: [{host: a.test, port: 443}]\n",
+    ];
+    for yaml in cases {
+        let policy = Policy::parse("fuzz.yaml", yaml).unwrap();
+        let text = document_text(&policy.canonical_json());
+        let again = Policy::parse_with_limit("canonical", &text, usize::MAX)
+            .unwrap_or_else(|e| panic!("{yaml:?} -> {text:?}: {e}"));
+        assert_eq!(again.hash(), policy.hash(), "{yaml:?} -> {text:?}");
+        // The old path, JSON text read as YAML, is what failed.
+        let json_text = policy.canonical_json().to_string();
+        let via_json = Policy::parse_with_limit("json", &json_text, usize::MAX);
+        assert!(
+            via_json.map_or(true, |p| p.hash() != policy.hash()),
+            "{yaml:?}"
+        );
+    }
+}

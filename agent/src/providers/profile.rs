@@ -249,8 +249,11 @@ fn is_env_key(k: &str) -> bool {
 fn compile_rule(p: &Profile) -> Result<Rule, String> {
     let key = format!("{PROVIDER_RULE_PREFIX}{}", sanitize(&p.id));
     let doc = json!({ "version": 1, "network_policies": { key.as_str(): rule_json(p) } });
-    let policy = Policy::parse_composed(&format!("profile {}", p.id), &doc.to_string())
-        .map_err(|e| e.to_string())?;
+    let policy = Policy::parse_composed(
+        &format!("profile {}", p.id),
+        &crate::policy::document_text(&doc),
+    )
+    .map_err(|e| e.to_string())?;
     policy
         .rule(&key)
         .cloned()
@@ -429,7 +432,7 @@ pub fn compose(base: &Policy, attached: &[Attached<'_>]) -> Result<Policy, Strin
     if let Json::Object(top) = &mut doc {
         top.insert("network_policies".into(), Json::Object(rules));
     }
-    Policy::parse_composed(COMPOSED_SOURCE, &doc.to_string())
+    Policy::parse_composed(COMPOSED_SOURCE, &crate::policy::document_text(&doc))
         .map_err(|e| blame(&e, &provider_rules))
 }
 
