@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build-ebpf | build | run | test | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | build | run | test | fuzz | bench`.
 //!
 //! A fresh machine has stable and nightly Rust but neither nightly's
 //! `rust-src` nor `bpf-linker`; `build-ebpf` installs what is missing and
@@ -7,6 +7,7 @@
 mod adversarial;
 mod bench;
 mod ebpf;
+mod fuzz;
 
 use std::{
     env,
@@ -24,6 +25,8 @@ tasks:
   build             build-ebpf, then the agent (release)
   run [ARGS...]     build, then start `portcullis agent ARGS...` on embedded defaults
   test              build, then run every test: unit and privileged end-to-end
+  fuzz [OPTIONS]    run the cargo-fuzz targets in fuzz/ (--minutes N per target,
+                    default 1; --target NAME); installs cargo-fuzz if missing
   bench [OPTIONS]   build, then measure every scenario against the direct path
                     (--only 1,4  --seconds N  --perf N); report in target/bench/
 ";
@@ -55,6 +58,7 @@ fn run() -> Result<()> {
             exit_with(status)
         }
         "test" => test(),
+        "fuzz" => fuzz::run(&rest),
         "bench" => {
             let agent = build_all()?;
             bench::run(&agent, &rest)
