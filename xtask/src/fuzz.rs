@@ -6,8 +6,9 @@
 //! Needs nightly (libFuzzer builds use `-Z sanitizer`); installs
 //! `cargo-fuzz` if missing and says so. Each target starts from the seeds
 //! in `fuzz/corpus/<target>/` and the corpus of earlier campaigns in
-//! `target/fuzz-corpus/<target>/`, where libFuzzer keeps what it finds. A target that crashes (panics, trips a sanitizer,
-//! times out, runs out of memory) leaves its input in
+//! `target/fuzz-corpus/<target>/`, where libFuzzer keeps what it finds.
+//! A target that crashes (panics, trips a sanitizer, times out, runs out
+//! of memory) leaves its input in
 //! `fuzz/artifacts/<target>/`; reproduce one with
 //! `cargo +nightly fuzz run --fuzz-dir fuzz <target> <file>`. The task fails
 //! if any target crashed; the remaining targets still run first. The totals
