@@ -94,8 +94,8 @@ fn an_unprivileged_workload_gets_nothing_past_the_agent() {
     ]);
 
     let agent = Agent::start("adversarial", 44, &[("api.example.test", "198.51.100.7")]);
-    let policy = agent.write_policy(
-        "p.yaml",
+    create_box(
+        &agent,
         "version: 1
 network_policies:
   api:
@@ -106,13 +106,6 @@ network_policies:
       - path: /usr/bin/python3*
 ",
     );
-    agent.ok(&[
-        "sandbox",
-        "create",
-        "box",
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
     let script = agent.root.join("escape_attempts.py");
     std::fs::write(&script, ATTEMPTS).unwrap();
 
@@ -182,6 +175,18 @@ network_policies:
     for needle in [canary.ip4.as_str(), "DENIED"] {
         assert!(denials.contains(needle), "{needle} in {denials}");
     }
+}
+
+/// Sandbox `box` under `policy_yaml`.
+fn create_box(agent: &Agent, policy_yaml: &str) {
+    let policy = agent.write_policy("p.yaml", policy_yaml);
+    agent.ok(&[
+        "sandbox",
+        "create",
+        "box",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
 }
 
 /// `target/adversarial/NAME`, for `cargo xtask test` to sum up.
@@ -298,8 +303,8 @@ fn a_slowloris_client_is_cut_off_at_the_head_deadline() {
         &[("api.example.test", up.ip4.as_str())],
         "http_head_seconds: 2\n",
     );
-    let policy = agent.write_policy(
-        "p.yaml",
+    create_box(
+        &agent,
         "version: 1
 network_policies:
   api:
@@ -312,13 +317,6 @@ network_policies:
       - path: /usr/bin/python3*
 ",
     );
-    agent.ok(&[
-        "sandbox",
-        "create",
-        "box",
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
     let out = agent.run_in("box", &[PYTHON, "-c", SLOWLORIS]);
     let line: Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| {
         panic!(

@@ -20,7 +20,7 @@ pub fn object_path() -> PathBuf {
 }
 
 pub fn build() -> Result<PathBuf> {
-    ensure_nightly()?;
+    ensure_nightly("the BPF target needs `-Z build-std`")?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     let root = workspace_root();
@@ -65,14 +65,13 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ensure_nightly() -> Result<()> {
+/// Fails with how to install nightly when it is missing; `needs` says
+/// what for (`the BPF target needs -Z build-std`).
+pub fn ensure_nightly(needs: &str) -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
-        .context("rustup is needed to build the BPF programs")?;
+        .context("rustup is needed for the nightly toolchain")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        bail!(
-            "no nightly toolchain: the BPF target needs `-Z build-std`. \
-             Install one with `rustup toolchain install nightly`"
-        );
+        bail!("no nightly toolchain: {needs}. Install one with `rustup toolchain install nightly`");
     }
     Ok(())
 }

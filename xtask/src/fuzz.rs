@@ -47,7 +47,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(name) => bail!("no fuzz target `{name}`; targets: {}", all.join(", ")),
         None => all,
     };
-    ensure_nightly()?;
+    crate::ebpf::ensure_nightly("fuzzing needs `-Z sanitizer`")?;
     ensure_cargo_fuzz()?;
 
     let mut results = Vec::new();
@@ -186,23 +186,6 @@ fn targets(fuzz_dir: &Path) -> Result<Vec<String>> {
         bail!("no fuzz targets in {}", dir.display());
     }
     Ok(names)
-}
-
-fn ensure_nightly() -> Result<()> {
-    let out = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .context("rustup is needed to fuzz (libFuzzer builds need nightly)")?;
-    if !String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with(TOOLCHAIN))
-    {
-        bail!(
-            "no nightly toolchain: fuzzing needs `-Z sanitizer`. \
-             Install one with `rustup toolchain install nightly`"
-        );
-    }
-    Ok(())
 }
 
 fn cargo_fuzz_works() -> bool {
