@@ -286,9 +286,9 @@ where
         else {
             return;
         };
-        // HTTP/2 multiplexes: its streams run as tasks of their own, and
-        // so does the connection. Driven from this task it measured half
-        // the request rate.
+        // HTTP/2 multiplexes: its streams run as tasks of their own, so
+        // the connection does too (driving it from this task measured no
+        // gain for h2).
         tokio::spawn(async move {
             let _ = conn.await;
         });
