@@ -73,6 +73,11 @@ pub enum TargetError {
     EncodedSlash,
     #[error("the path contains an encoded dot segment (such as %2e%2e)")]
     EncodedDotSegment,
+    #[error(
+        "the path contains percent-encoded bytes that are not UTF-8 (such as the overlong \
+         %C0%AE, which lenient servers read as `.`); encode the character's UTF-8 bytes"
+    )]
+    EncodedInvalidUtf8,
     #[error("the path uses `..` to climb above the root")]
     EscapesRoot,
     #[error("the path is {len} bytes long, over the limit of {max} bytes")]
@@ -216,6 +221,9 @@ fn canonical_path(raw: &str, allow_encoded_slash: bool) -> Result<String, Target
 fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, TargetError> {
     let bytes = seg.as_bytes();
     let mut out = String::with_capacity(bytes.len());
+    // The segment as an upstream decodes it: it must be UTF-8, or a
+    // lenient decoder may read an overlong form as `.` or `/`.
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&c) = bytes.get(i) {
         if c == b'%' {
@@ -225,6 +233,7 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
                 return Err(TargetError::MalformedEscape);
             };
             let v = (hi << 4) | lo;
+            decoded.push(v);
             match v {
                 _ if is_unreserved(v) => out.push(char::from(v)),
                 0x00..=0x1F | 0x7F => return Err(TargetError::EncodedControl),
@@ -233,6 +242,7 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
             }
             i += 3;
         } else {
+            decoded.push(c);
             if is_unreserved(c) || is_sub_delim(c) || c == b':' || c == b'@' {
                 out.push(char::from(c));
             } else {
@@ -242,6 +252,9 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
             }
             i += 1;
         }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(TargetError::EncodedInvalidUtf8);
     }
     Ok(out)
 }
@@ -439,6 +452,22 @@ mod tests {
         );
         // Sub-delims, `:` and `@` stay raw.
         assert_eq!(path("/a:b@c!$&'()*+,="), "/a:b@c!$&'()*+,=");
+    }
+
+    #[test]
+    fn encoded_bytes_that_are_not_utf8_are_rejected() {
+        // Overlong `.` and `/`, a lone continuation byte, a truncated
+        // sequence, and bytes that never appear in UTF-8.
+        for raw in [
+            "/public/%c0%ae%c0%ae/admin",
+            "/a%c0%afb",
+            "/a%80",
+            "/caf%c3",
+            "/%ff",
+        ] {
+            assert_eq!(err(raw), TargetError::EncodedInvalidUtf8, "{raw}");
+        }
+        assert_eq!(path("/caf%c3%a9/%e2%82%ac"), "/caf%C3%A9/%E2%82%AC");
     }
 
     #[test]
