@@ -331,3 +331,86 @@ network_policies:
     // Cut at the 2 s deadline, not at once and not much later.
     assert!((1.5..6.0).contains(&seconds), "{line}");
 }
+
+const HTTP_ATTACKS: &str = include_str!("../scripts/http_attacks.py");
+
+#[test]
+fn http_tricks_reach_no_path_the_policy_does_not_allow() {
+    if !privileged() {
+        return;
+    }
+    let up = Upstream::http(47);
+    let agent = Agent::start(
+        "adversarial-http",
+        47,
+        &[("api.example.test", up.ip4.as_str())],
+    );
+    create_box(
+        &agent,
+        "version: 1
+network_policies:
+  api:
+    endpoints:
+      - host: api.example.test
+        port: 8080
+        protocol: rest
+        enforcement: enforce
+        rules:
+          - allow:
+              method: GET
+              path: /public/**
+    binaries:
+      - path: /usr/bin/python3*
+",
+    );
+    let script = agent.root.join("http_attacks.py");
+    std::fs::write(&script, HTTP_ATTACKS).unwrap();
+    let out = agent.run_in(
+        "box",
+        &[
+            PYTHON,
+            script.to_str().unwrap(),
+            "api.example.test",
+            "8080",
+            "192.0.2.99",
+        ],
+    );
+    let results: Vec<Value> = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        results.len(),
+        16,
+        "every attempt reports: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let escapes: Vec<&Value> = results.iter().filter(|r| r["escaped"] == true).collect();
+    write_report(
+        "http.json",
+        &json!({"suite": "HTTP tricks", "attempts": results.len(),
+                "escapes": escapes.len(), "results": results}),
+    );
+    println!(
+        "adversarial: {} HTTP tricks, {} escapes",
+        results.len(),
+        escapes.len()
+    );
+    assert!(escapes.is_empty(), "escapes: {escapes:#?}");
+    // The allowed path still works, so the refusals are not a dead proxy.
+    let ok = agent.run_in(
+        "box",
+        &[
+            PYTHON,
+            "-c",
+            "import urllib.request;print(urllib.request.urlopen('http://api.example.test:8080/public/ok').status)",
+        ],
+    );
+    assert_eq!(
+        stdout(&ok).trim(),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

@@ -32,6 +32,14 @@ pub fn lines(dir: &Path) -> Vec<String> {
         ),
         None => "  escape attempts  not run (privileged tests skipped?)".into(),
     });
+    out.push(match read(dir, "http.json") {
+        Some(v) => format!(
+            "  HTTP tricks      {} made, {} escapes (must be 0)",
+            count(&v, "attempts"),
+            count(&v, "escapes")
+        ),
+        None => "  HTTP tricks      not run".into(),
+    });
     out.push(match read(dir, "flood.json") {
         Some(v) => format!(
             "  proposal flood   {} sent, {} accepted, {} rate-limited and counted",

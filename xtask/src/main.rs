@@ -108,8 +108,9 @@ fn test() -> Result<()> {
     let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     println!("xtask: running unit and end-to-end tests (CI={ci})");
     // Last run's adversarial records must not stand in for this run's.
-    let _ = std::fs::remove_file(adversarial::dir().join("escapes.json"));
-    let _ = std::fs::remove_file(adversarial::dir().join("flood.json"));
+    for record in ["escapes.json", "http.json", "flood.json"] {
+        let _ = std::fs::remove_file(adversarial::dir().join(record));
+    }
     // End-to-end tests share the kernel's cgroups and bpffs; each test uses
     // its own names, so they may run in parallel, but two threads keep a
     // two-core machine responsive.
