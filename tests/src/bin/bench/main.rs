@@ -198,8 +198,18 @@ fn drive(args: &[String]) -> i32 {
         Ok(path) => println!("bench: wrote {}", path.display()),
         Err(e) => eprintln!("bench: writing the report: {e}"),
     }
+    // The agents' directories hold hundreds of MB of audit log after a
+    // run; nothing of the run is kept but the report.
+    let leftovers = [
+        bench.fixture.agent.root.clone(),
+        bench.copy_agent.root.clone(),
+        bench.certs.clone(),
+        PathBuf::from("/tmp/portcullis-bench"),
+    ];
     drop(bench);
-    let _ = std::fs::remove_dir_all("/tmp/portcullis-bench");
+    for dir in leftovers {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     if report.errors.is_empty() { 0 } else { 1 }
 }
 
