@@ -413,4 +413,19 @@ network_policies:
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // A connection that sends nothing is recorded as such, not as an
+    // unknown protocol.
+    agent.run_in(
+        "box",
+        &[
+            PYTHON,
+            "-c",
+            "import socket; socket.create_connection(('api.example.test', 8080)).close()",
+        ],
+    );
+    agent
+        .wait_event(portcullis_e2e::WAIT, |e| {
+            e.to_string().contains("the client sent nothing")
+        })
+        .expect("the empty connection's denial names why");
 }

@@ -312,9 +312,15 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     drop(matches);
     if inspect {
         let Some(tls) = web else {
-            let reason =
+            // Nothing sent (a client that closed at once, or waits for the
+            // server) is told apart from an unknown protocol in the log.
+            let reason = if prefix.is_empty() {
+                "the client sent nothing before closing or the sniff deadline; \
+                 an endpoint with HTTP rules needs TLS or HTTP/1"
+            } else {
                 "an endpoint with HTTP rules received a protocol that is not TLS or HTTP/1"
-                    .to_string();
+            }
+            .to_string();
             return deny(
                 &agent,
                 stream,
