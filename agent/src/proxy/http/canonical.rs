@@ -221,9 +221,11 @@ fn canonical_path(raw: &str, allow_encoded_slash: bool) -> Result<String, Target
 fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, TargetError> {
     let bytes = seg.as_bytes();
     let mut out = String::with_capacity(bytes.len());
-    // The segment as an upstream decodes it: it must be UTF-8, or a
-    // lenient decoder may read an overlong form as `.` or `/`.
-    let mut decoded = Vec::with_capacity(bytes.len());
+    // Decoded, the segment must be UTF-8, or a lenient decoder may read
+    // an overlong form as `.` or `/`. Raw bytes are ASCII (checked
+    // earlier), so each run of escaped non-ASCII bytes is checked on its
+    // own; a plain ASCII path never allocates for it.
+    let mut non_ascii: Vec<u8> = Vec::new();
     let mut i = 0;
     while let Some(&c) = bytes.get(i) {
         if c == b'%' {
@@ -233,7 +235,11 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
                 return Err(TargetError::MalformedEscape);
             };
             let v = (hi << 4) | lo;
-            decoded.push(v);
+            if v.is_ascii() {
+                end_utf8_run(&mut non_ascii)?;
+            } else {
+                non_ascii.push(v);
+            }
             match v {
                 _ if is_unreserved(v) => out.push(char::from(v)),
                 0x00..=0x1F | 0x7F => return Err(TargetError::EncodedControl),
@@ -242,7 +248,7 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
             }
             i += 3;
         } else {
-            decoded.push(c);
+            end_utf8_run(&mut non_ascii)?;
             if is_unreserved(c) || is_sub_delim(c) || c == b':' || c == b'@' {
                 out.push(char::from(c));
             } else {
@@ -253,10 +259,17 @@ fn normalize_segment(seg: &str, allow_encoded_slash: bool) -> Result<String, Tar
             i += 1;
         }
     }
-    if std::str::from_utf8(&decoded).is_err() {
+    end_utf8_run(&mut non_ascii)?;
+    Ok(out)
+}
+
+/// Checks a run of decoded non-ASCII bytes is UTF-8, then empties it.
+fn end_utf8_run(run: &mut Vec<u8>) -> Result<(), TargetError> {
+    if std::str::from_utf8(run).is_err() {
         return Err(TargetError::EncodedInvalidUtf8);
     }
-    Ok(out)
+    run.clear();
+    Ok(())
 }
 
 fn is_unreserved(b: u8) -> bool {
