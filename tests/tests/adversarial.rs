@@ -12,7 +12,7 @@ use std::{
     net::TcpStream,
     os::fd::AsRawFd,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
 };
 
 use portcullis_e2e::{Agent, Upstream, portcullis_bin, privileged, stdout};
@@ -135,17 +135,7 @@ network_policies:
         .output()
         .unwrap();
     drop(outside);
-    let results: Vec<Value> = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(
-        results.len(),
-        13,
-        "every attempt reports: {}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let results = json_lines(&out, 13);
 
     // The canary's record is the authority: it saw the harness's own
     // connection (empty), and nothing the workload sent.
@@ -175,6 +165,23 @@ network_policies:
     for needle in [canary.ip4.as_str(), "DENIED"] {
         assert!(denials.contains(needle), "{needle} in {denials}");
     }
+}
+
+/// The JSON lines a workload printed, one per attempt or reply; there
+/// must be `expected` of them.
+fn json_lines(out: &Output, expected: usize) -> Vec<Value> {
+    let lines: Vec<Value> = stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        expected,
+        "every attempt reports: {}{}",
+        stdout(out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines
 }
 
 /// Sandbox `box` under `policy_yaml`.
@@ -223,16 +230,7 @@ fn a_proposal_flood_is_rate_limited_and_counted() {
     let agent = Agent::start("adversarial-flood", 45, &[]);
     agent.ok(&["sandbox", "create", "box"]);
     let out = agent.run_in("box", &[PYTHON, "-c", FLOOD, "50"]);
-    let replies: Vec<Value> = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(
-        replies.len(),
-        50,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let replies = json_lines(&out, 50);
     let accepted = replies.iter().filter(|r| r["status"] == 202).count();
     let limited: Vec<&Value> = replies.iter().filter(|r| r["status"] == 429).collect();
     // The burst (20), give or take a token earned while the flood ran.
@@ -375,17 +373,7 @@ network_policies:
             "192.0.2.99",
         ],
     );
-    let results: Vec<Value> = stdout(&out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(
-        results.len(),
-        16,
-        "every attempt reports: {}{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let results = json_lines(&out, 16);
     let escapes: Vec<&Value> = results.iter().filter(|r| r["escaped"] == true).collect();
     write_report(
         "http.json",
