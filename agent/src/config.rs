@@ -64,6 +64,10 @@ pub struct AgentConfig {
     /// head, idle keep-alive time included: a slowloris client, or one that
     /// holds a connection without using it, is closed after it.
     pub http_head_seconds: u32,
+    /// Seconds the L7 proxy waits for an upstream's response head once a
+    /// request is sent; then the client gets 504 `upstream_timeout`.
+    /// Bodies (streams, server-sent events) are not timed.
+    pub upstream_response_seconds: u32,
 }
 
 /// `control_tcp`: where remote operators connect, and the certificates.
@@ -99,6 +103,8 @@ impl Default for AgentConfig {
             dns_pool_v6: crate::dns::synthetic::PoolConfig::default().v6,
             relay: Default::default(),
             http_head_seconds: 60,
+            // Long: a model API may think for minutes before its head.
+            upstream_response_seconds: 300,
             upstream_extra_roots: Vec::new(),
             skill_dirs: vec![
                 "/etc/openshell/skills".into(),
@@ -129,7 +135,7 @@ impl AgentConfig {
             format!(
                 "config {}: invalid (keys: state_dir, run_dir, log_dir, log_keep_days, bpffs_dir, \
                  cgroup_parent, proxy_port, dns_port, self_mark, hosts_file, default_user, \
-                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp, provider_rules, http_head_seconds)",
+                 bpf_object, dns_ttl_seconds, dns_pool_v4, dns_pool_v6, relay, upstream_extra_roots, skill_dirs, control_tcp, provider_rules, http_head_seconds, upstream_response_seconds)",
                 path.display()
             )
         })?;
@@ -142,6 +148,11 @@ impl AgentConfig {
     /// `http_head_seconds` as a duration.
     pub fn http_head_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(self.http_head_seconds))
+    }
+
+    /// `upstream_response_seconds` as a duration.
+    pub fn upstream_response_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.upstream_response_seconds))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -159,6 +170,9 @@ impl AgentConfig {
         }
         if self.http_head_seconds == 0 {
             bail!("http_head_seconds must be at least 1 (60 is the default)");
+        }
+        if self.upstream_response_seconds == 0 {
+            bail!("upstream_response_seconds must be at least 1 (300 is the default)");
         }
         if self.cgroup_parent.is_absolute()
             || self

@@ -140,10 +140,13 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The upstream could not be reached.
     UpstreamUnreachable,
+    /// The upstream accepted the request but sent no response head in
+    /// time (`upstream_response_seconds`).
+    UpstreamTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::SsrfDenied,
         Self::UninspectedCredentials,
         Self::TlsTerminationUnavailable,
@@ -155,6 +158,7 @@ impl ErrorKind {
         Self::RequestHeaderFieldsTooLarge,
         Self::InvalidRequest,
         Self::UpstreamUnreachable,
+        Self::UpstreamTimeout,
     ];
 
     /// The body's `error` value.
@@ -171,6 +175,7 @@ impl ErrorKind {
             Self::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
             Self::InvalidRequest => "invalid_request",
             Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -187,6 +192,7 @@ impl ErrorKind {
             | Self::InvalidRequest => 400,
             Self::RequestHeaderFieldsTooLarge => 431,
             Self::UpstreamUnreachable => 502,
+            Self::UpstreamTimeout => 504,
         }
     }
 
@@ -226,6 +232,10 @@ impl ErrorKind {
             Self::RequestHeaderFieldsTooLarge => "the request head is larger than the limit",
             Self::InvalidRequest => "the request is malformed",
             Self::UpstreamUnreachable => "the connection to the upstream failed",
+            Self::UpstreamTimeout => {
+                "the upstream sent no response in time; the request may or may not have \
+                 taken effect"
+            }
         }
     }
 }
@@ -528,6 +538,7 @@ fn reason_phrase(status: u16) -> &'static str {
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Error",
     }
 }
@@ -885,7 +896,7 @@ mod tests {
 
     #[test]
     fn every_error_kind_has_its_status_and_keys() {
-        let expected: [(ErrorKind, u16, &str, &str); 11] = [
+        let expected: [(ErrorKind, u16, &str, &str); 12] = [
             (ErrorKind::SsrfDenied, 403, "ssrf_denied", "detail"),
             (
                 ErrorKind::UninspectedCredentials,
@@ -942,6 +953,7 @@ mod tests {
                 "upstream_unreachable",
                 "detail",
             ),
+            (ErrorKind::UpstreamTimeout, 504, "upstream_timeout", "detail"),
         ];
         assert_eq!(expected.map(|e| e.0), ErrorKind::ALL);
         for (kind, status, code, text_key) in expected {

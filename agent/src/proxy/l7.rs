@@ -56,6 +56,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 const H2: &[u8] = b"h2";
 const H1: &[u8] = b"http/1.1";
+/// How long an HTTP/1.1 upstream connection may outlive its client's.
+const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
+/// An HTTP/2 client that stops answering pings within this is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Request heads larger than this are answered 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -310,10 +314,22 @@ where
         // The upstream connection ends once the client side, and with it
         // the request sender, is gone.
         Some(conn) => {
-            let upstream_side = async move {
-                let _ = conn.with_upgrades().await;
+            let mut upstream_side = std::pin::pin!(conn.with_upgrades());
+            let mut serve = std::pin::pin!(serve_http(client, h2, head_timeout, service));
+            let mut upstream_done = false;
+            let served = loop {
+                tokio::select! {
+                    served = &mut serve => break served,
+                    _ = &mut upstream_side, if !upstream_done => upstream_done = true,
+                }
             };
-            tokio::join!(serve_http(client, h2, head_timeout, service), upstream_side).0
+            // Normally done at once: the request sender is gone. An
+            // upgrade hands its stream over first; an upstream that never
+            // answered a request (504) is dropped after the grace.
+            if !upstream_done {
+                let _ = tokio::time::timeout(UPSTREAM_GRACE, upstream_side).await;
+            }
+            served
         }
         None => serve_http(client, h2, head_timeout, service).await,
     };
@@ -339,7 +355,12 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if h2 {
+        // HTTP/2 has no head deadline; a peer that is gone (not merely
+        // idle) is found by pings every `head_timeout`.
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(head_timeout)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
             .max_header_list_size(MAX_HEAD_BYTES as u32)
             .serve_connection(io, service)
             .await
@@ -739,15 +760,29 @@ impl Session {
             Err(_) => return respond(DenyResponse::error(ErrorKind::InvalidRequestTarget, "")),
         }
         strip_hop_by_hop(req.headers_mut(), websocket);
-        let response = match upstream {
-            Upstream::H1(sender) => {
-                let mut sender = sender.lock().await;
-                match sender.ready().await {
-                    Ok(()) => sender.send_request(req).await,
-                    Err(e) => Err(e),
+        let exchange = async {
+            match upstream {
+                Upstream::H1(sender) => {
+                    let mut sender = sender.lock().await;
+                    match sender.ready().await {
+                        Ok(()) => sender.send_request(req).await,
+                        Err(e) => Err(e),
+                    }
                 }
+                Upstream::H2(sender) => sender.clone().send_request(req).await,
             }
-            Upstream::H2(sender) => sender.clone().send_request(req).await,
+        };
+        let timeout = self.agent.config.upstream_response_timeout();
+        let Ok(response) = tokio::time::timeout(timeout, exchange).await else {
+            // The HTTP/1.1 client connection closes (`respond`), and with
+            // it the upstream one, whose state is unknown now.
+            log::info!(
+                "sandbox {}: upstream {} sent no response head in {}s",
+                self.facts.sandbox,
+                self.host,
+                timeout.as_secs()
+            );
+            return respond(DenyResponse::error(ErrorKind::UpstreamTimeout, ""));
         };
         let mut response = match response {
             Ok(response) => response,
