@@ -1,6 +1,7 @@
 //! Portcullis: transparent, per-binary egress control for sandboxed
 //! workloads. The binary `portcullis` is a thin shell over this library.
 
+pub mod accept;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -101,9 +101,49 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Descriptors the agent asks for. Each proxied connection holds two
+/// sockets (a splice relay two pipes more), so the usual soft limit of
+/// 1024 would cap the proxy at a few hundred connections.
+const FD_LIMIT: u64 = 1 << 20;
+
+/// Raises the descriptor limit to [`FD_LIMIT`] (root may raise the hard
+/// limit, up to `fs.nr_open`), or at least the soft limit to the hard one.
+fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(FD_LIMIT);
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } != 0 {
+        return;
+    }
+    let wanted = FD_LIMIT.min(nr_open).max(current.rlim_max);
+    for max in [wanted, current.rlim_max] {
+        let limit = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+            log::debug!("descriptor limit {max}");
+            return;
+        }
+    }
+    log::warn!(
+        "could not raise the descriptor limit from {}: the proxy may refuse connections \
+         under load",
+        current.rlim_cur
+    );
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> Result<()> {
     require_root("`portcullis agent`")?;
+    raise_fd_limit();
     let cgroup_root = cgroup::cgroup2_root()?;
     for dir in [&config.state_dir, &config.run_dir, &config.log_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

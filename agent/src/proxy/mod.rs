@@ -53,17 +53,15 @@ const FIRST_BYTES_WAIT: Duration = Duration::from_millis(300);
 const SNIFF_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+    let mut retry = crate::accept::Retry::new("proxy");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                retry.accepted();
                 let agent = agent.clone();
                 tokio::spawn(async move { handle(agent, stream, peer).await });
             }
-            Err(e) => {
-                // EMFILE and friends: keep serving once resources return.
-                log::warn!("accept failed: {e}");
-                tokio::task::yield_now().await;
-            }
+            Err(e) => retry.failed(&e).await,
         }
     }
 }
