@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +93,7 @@ enum Command {
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     dropped: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
 }
 
 impl AuditLog {
@@ -101,7 +102,8 @@ impl AuditLog {
     /// dropped and the queue is drained.
     pub fn start(config: AuditConfig) -> (AuditLog, JoinHandle<()>) {
         let (log, rx) = Self::channel(config.queue);
-        let handle = tokio::task::spawn_blocking(move || run(rx, Writer::new(config)));
+        let writer = Writer::new(config, log.lost.clone());
+        let handle = tokio::task::spawn_blocking(move || run(rx, writer));
         (log, handle)
     }
 
@@ -111,6 +113,7 @@ impl AuditLog {
         let log = AuditLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            lost: Arc::new(AtomicU64::new(0)),
         };
         (log, rx)
     }
@@ -126,6 +129,12 @@ impl AuditLog {
     /// Events dropped so far because the queue was full or closed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events that reached the writer but not the disk (disk full, I/O
+    /// error): what was buffered when a write or flush failed.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Waits until every event queued before this call is written and
@@ -203,10 +212,14 @@ struct Writer {
     failing: bool,
     /// Scratch buffer for one event's JSON line.
     json: Vec<u8>,
+    /// Events in the OCSF buffer, not yet confirmed on disk.
+    unflushed: u64,
+    /// Shared with `AuditLog::lost`.
+    lost: Arc<AtomicU64>,
 }
 
 impl Writer {
-    fn new(config: AuditConfig) -> Self {
+    fn new(config: AuditConfig, lost: Arc<AtomicU64>) -> Self {
         Self {
             config,
             current: None,
@@ -215,6 +228,8 @@ impl Writer {
             error: None,
             failing: false,
             json: Vec::with_capacity(4096),
+            unflushed: 0,
+            lost,
         }
     }
 
@@ -232,16 +247,32 @@ impl Writer {
         let line = shorthand_line(event);
         let date = self.file_date(event.base().time);
         self.writes += 1;
+        let mut flushed = false;
         let result = self.files_for(date).and_then(|files| {
+            // Flushed here rather than inside `write_all`, so the count of
+            // events the buffer holds (lost if the disk refuses them) is
+            // exact.
+            if files.ocsf.buffer().len() + json.len() > files.ocsf.capacity() {
+                files.ocsf.flush()?;
+                flushed = true;
+            }
             files.ocsf.write_all(&json)?;
             writeln!(files.shorthand, "{line}")
         });
         self.json = json;
+        if flushed {
+            self.unflushed = 0;
+        }
         let mut ok = match result {
-            Ok(()) => true,
+            Ok(()) => {
+                self.unflushed += 1;
+                true
+            }
             Err(e) => {
-                // Reopen on the next event: the disk may come back.
-                self.current = None;
+                // Reopen on the next event: the disk may come back. What
+                // the buffer held, and this event, are gone.
+                self.count_lost(1);
+                self.discard_files();
                 self.fail(format!(
                     "cannot write audit log in {}: {e}",
                     self.config.dir.display()
@@ -424,11 +455,34 @@ impl Writer {
             .ok_or_else(|| io::Error::other("audit files not open"))
     }
 
+    /// Closes the day's files without writing what their buffers hold
+    /// (already counted lost): a retry on drop could land a torn line
+    /// after events counted as lost.
+    fn discard_files(&mut self) {
+        if let Some(files) = self.current.take() {
+            let _ = files.ocsf.into_parts();
+            let _ = files.shorthand.into_parts();
+        }
+    }
+
+    /// Counts the buffered events, plus `more`, as lost.
+    fn count_lost(&mut self, more: u64) {
+        self.lost
+            .fetch_add(self.unflushed + more, Ordering::Relaxed);
+        self.unflushed = 0;
+    }
+
     fn flush(&mut self) {
         if let Some(files) = self.current.as_mut() {
-            let result = files.ocsf.flush().and_then(|()| files.shorthand.flush());
+            let result = files.ocsf.flush();
+            let ocsf_ok = result.is_ok();
+            let result = result.and_then(|()| files.shorthand.flush());
+            if ocsf_ok {
+                self.unflushed = 0;
+            }
             if let Err(e) = result {
-                self.current = None;
+                self.count_lost(0);
+                self.discard_files();
                 self.fail(format!(
                     "cannot flush audit log in {}: {e}",
                     self.config.dir.display()
@@ -484,12 +538,23 @@ fn event_sandbox(event: &AuditEvent) -> Option<&str> {
 
 /// Opens (creating if needed) a log file for appending, mode 0640.
 fn open_log(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(FILE_MODE)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // A disk that filled mid-line left a torn line: end it, so the next
+    // event starts a line of its own and JSON readers lose one line only.
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.read_exact_at(&mut last, len - 1)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
     // A pre-existing file may be looser than we would create it.
     let mode = file.metadata()?.permissions().mode() & 0o7777;
     if mode & !FILE_MODE != 0 {
@@ -961,9 +1026,25 @@ mod tests {
     }
 
     #[test]
+    fn a_line_torn_by_a_full_disk_is_ended_before_the_next_event() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("ocsf.2026-04-01.log"), "{\"torn").unwrap();
+        let mut writer = Writer::new(config(tmp.path(), 3, 1), Arc::default());
+        writer.write(&denial("alpha", "a.example", noon(2026, 4, 1)));
+        writer.flush();
+        let text = read(tmp.path(), "ocsf.2026-04-01.log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0], "{\"torn");
+        let event: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(event["class_uid"], 4001);
+        assert_eq!(writer.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn idle_sandbox_handles_are_closed_after_a_day() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut writer = Writer::new(config(tmp.path(), 3, 1));
+        let mut writer = Writer::new(config(tmp.path(), 3, 1), Arc::default());
         writer.write(&denial("alpha", "a.example", noon(2026, 4, 1)));
         writer.write(&denial("beta", "b.example", noon(2026, 4, 1)));
         assert_eq!(writer.sandboxes.len(), 2);
@@ -986,7 +1067,7 @@ mod tests {
     #[test]
     fn open_sandbox_files_are_bounded() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut writer = Writer::new(config(tmp.path(), 3, 1));
+        let mut writer = Writer::new(config(tmp.path(), 3, 1), Arc::default());
         let t = noon(2026, 4, 3);
         for i in 0..(MAX_OPEN_SANDBOX_FILES + 5) {
             writer.write(&denial(&format!("sb{i}"), "a.example", t));

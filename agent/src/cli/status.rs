@@ -32,7 +32,16 @@ pub async fn run(config: &AgentConfig) -> Result<ExitCode> {
     for c in &s.kernel {
         println!("  {:<24}{}", c.name, c.value);
     }
-    println!("audit         {} events dropped", s.audit_dropped);
+    let maps: Vec<String> = s
+        .map_entries
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.value))
+        .collect();
+    println!("maps          {}", maps.join(", "));
+    println!(
+        "audit         {} events dropped (queue full), {} lost to write errors",
+        s.audit_dropped, s.audit_lost
+    );
     println!(
         "policy.local  {} proposals refused by the rate limit",
         s.proposals_rate_limited

@@ -6,7 +6,7 @@ use std::{os::unix::fs::PermissionsExt, sync::Arc};
 
 use anyhow::{Context, Result};
 use tokio::{net::UnixListener, task::JoinHandle};
-use tokio_stream::StreamExt;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, control_server::ControlServer};
@@ -36,12 +36,7 @@ pub async fn serve(agent: Arc<Agent>) -> Result<JoinHandle<()>> {
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let gate = agent.clone();
-    let incoming =
-        tokio_stream::wrappers::UnixListenerStream::new(listener).filter(move |conn| match conn {
-            Ok(stream) => peer_allowed(&gate, stream),
-            Err(_) => true,
-        });
+    let incoming = unix_incoming(listener, agent.clone());
     if let Some(tcp) = &agent.config.control_tcp {
         serve_tcp(agent.clone(), tcp)?;
     }
@@ -78,7 +73,7 @@ fn serve_tcp(agent: Arc<Agent>, tcp: &crate::config::ControlTcp) -> Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     log::info!("control plane also on {} (mutual TLS)", tcp.listen);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tcp_incoming(listener);
     let mut server = server;
     tokio::spawn(async move {
         if let Err(e) = server
@@ -90,6 +85,32 @@ fn serve_tcp(agent: Arc<Agent>, tcp: &crate::config::ControlTcp) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// Local operators' connections, from peers `peer_allowed` admits.
+fn unix_incoming(
+    listener: UnixListener,
+    agent: Arc<Agent>,
+) -> ReceiverStream<std::io::Result<tokio::net::UnixStream>> {
+    let listener = Arc::new(listener);
+    crate::accept::incoming("control socket", move || {
+        let (listener, agent) = (listener.clone(), agent.clone());
+        async move {
+            let (stream, _) = listener.accept().await?;
+            Ok(peer_allowed(&agent, &stream).then_some(stream))
+        }
+    })
+}
+
+/// Remote operators' connections (mutual TLS follows in tonic).
+fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let listener = Arc::new(listener);
+    crate::accept::incoming("remote control listener", move || {
+        let listener = listener.clone();
+        async move { Ok(Some(listener.accept().await?.0)) }
+    })
 }
 
 fn peer_allowed(agent: &Agent, stream: &tokio::net::UnixStream) -> bool {
@@ -286,9 +307,9 @@ impl pb::control_server::Control for ControlService {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let agent = &self.agent;
-        let (counters, links) = {
+        let (counters, links, map_entries) = {
             let dp = agent.datapath.lock().unwrap_or_else(|p| p.into_inner());
-            (dp.counters(), dp.links_pinned())
+            (dp.counters(), dp.links_pinned(), dp.map_entries())
         };
         let s = &agent.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -316,6 +337,14 @@ impl pb::control_server::Control for ControlService {
                 })
                 .collect(),
             audit_dropped: agent.audit.dropped(),
+            audit_lost: agent.audit.lost(),
+            map_entries: map_entries
+                .into_iter()
+                .map(|(name, value)| pb::KernelCounter {
+                    name: name.to_string(),
+                    value,
+                })
+                .collect(),
             proxy_listen: agent
                 .proxy_addrs
                 .iter()

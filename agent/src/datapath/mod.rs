@@ -235,6 +235,26 @@ impl Datapath {
         out
     }
 
+    /// Entries in each map that grows with traffic or sandboxes, by map
+    /// name: what `cargo xtask soak` watches for leaks. Walks the keys, so
+    /// it is for status queries, not the data path.
+    pub fn map_entries(&self) -> Vec<(&'static str, u64)> {
+        let by_cookie = self
+            .bpf
+            .map(names::CONNECT_BY_COOKIE)
+            .and_then(|map| HashMap::<_, u64, ConnectRecord>::try_from(map).ok())
+            .map_or(0, |map| map.keys().count() as u64);
+        let by_source = {
+            let map = self.by_source.lock().unwrap_or_else(|p| p.into_inner());
+            map.keys().count() as u64
+        };
+        vec![
+            ("connect_by_cookie", by_cookie),
+            ("connect_by_source", by_source),
+            ("sandbox_cgroups", self.sandbox_cgroups.keys().count() as u64),
+        ]
+    }
+
     /// How many links are pinned: sandbox programs plus tracepoints.
     pub fn links_pinned(&self) -> u32 {
         self.pins.count_links()

@@ -193,8 +193,9 @@ fn health_span(health: &Health) -> Span<'static> {
                 s.connections_active,
                 s.connections_denied
             );
-            if s.audit_dropped > 0 {
-                text.push_str(&format!(" | ! {} audit events dropped", s.audit_dropped));
+            let lost = s.audit_dropped + s.audit_lost;
+            if lost > 0 {
+                text.push_str(&format!(" | ! {lost} audit events lost"));
             }
             Span::raw(text)
         }
