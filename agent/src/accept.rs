@@ -35,7 +35,10 @@ impl Retry {
     /// An accept failed: logs the first failure of an outage, then waits.
     pub async fn failed(&mut self, e: &io::Error) {
         if !self.failing {
-            log::warn!("{}: accept failed: {e}; retrying every {RETRY:?}", self.what);
+            log::warn!(
+                "{}: accept failed: {e}; retrying every {RETRY:?}",
+                self.what
+            );
             self.failing = true;
         }
         tokio::time::sleep(RETRY).await;

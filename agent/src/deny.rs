@@ -953,7 +953,12 @@ mod tests {
                 "upstream_unreachable",
                 "detail",
             ),
-            (ErrorKind::UpstreamTimeout, 504, "upstream_timeout", "detail"),
+            (
+                ErrorKind::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+                "detail",
+            ),
         ];
         assert_eq!(expected.map(|e| e.0), ErrorKind::ALL);
         for (kind, status, code, text_key) in expected {

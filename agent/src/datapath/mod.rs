@@ -251,7 +251,10 @@ impl Datapath {
         vec![
             ("connect_by_cookie", by_cookie),
             ("connect_by_source", by_source),
-            ("sandbox_cgroups", self.sandbox_cgroups.keys().count() as u64),
+            (
+                "sandbox_cgroups",
+                self.sandbox_cgroups.keys().count() as u64,
+            ),
         ]
     }
 

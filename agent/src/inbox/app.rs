@@ -76,7 +76,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Health {
     Unknown,
-    Up(pb::StatusReply),
+    Up(Box<pb::StatusReply>),
     Unreachable,
 }
 
@@ -230,7 +230,7 @@ impl App {
     /// `None`: the agent did not answer.
     pub fn set_health(&mut self, status: Option<pb::StatusReply>) {
         self.health = match status {
-            Some(s) => Health::Up(s),
+            Some(s) => Health::Up(Box::new(s)),
             None => Health::Unreachable,
         };
     }
