@@ -61,7 +61,7 @@ const UPSTREAM_GRACE: Duration = Duration::from_secs(5);
 /// An HTTP/2 client that stops answering pings within this is closed.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Request heads larger than this are answered 431.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEAD_BYTES: usize = super::sniff::MAX_SNIFF;
 
 /// Everything a request decision needs, shared by the requests of one
 /// connection.
@@ -159,11 +159,11 @@ pub fn speaks_http(sniffed: &sniff::Sniffed) -> Option<bool> {
 /// dials one of `addrs`, and decides every request.
 pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: Vec<IpAddr>) {
     let session = Arc::new(session);
-    let client = Rewind::new(prefix, client);
     if !session.tls {
         let Some(tcp) = dial(&session, &addrs).await else {
-            return;
+            return answer_unreachable(&session, client, prefix).await;
         };
+        let client = Rewind::new(prefix, client);
         proxy_http(session, TokioIo::new(client), TokioIo::new(tcp), false).await;
         return;
     }
@@ -181,6 +181,12 @@ pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: 
             format!("no certificate for {}: {e}", session.host),
         );
     }
+    // Dialled before the client's handshake, so a failure can still be
+    // answered in-band, over TLS with a leaf of our own.
+    let Some(tcp) = dial(&session, &addrs).await else {
+        return answer_unreachable(&session, client, prefix).await;
+    };
+    let client = Rewind::new(prefix, client);
     let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await {
         Ok(start) => start,
         Err(e) => return log::debug!("client hello from {}: {e}", session.facts.sandbox),
@@ -195,9 +201,6 @@ pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: 
                 .collect()
         })
         .unwrap_or_default();
-    let Some(tcp) = dial(&session, &addrs).await else {
-        return;
-    };
     let offered_refs: Vec<&[u8]> = offered.iter().map(Vec::as_slice).collect();
     let connector = TlsConnector::from(session.agent.upstream_tls(&offered_refs));
     let server_name = match rustls::pki_types::ServerName::try_from(session.host.clone()) {
@@ -260,6 +263,24 @@ fn refuse_tls(session: &Session, reason: String) {
         .agent
         .audit
         .log(NetworkActivity::denied(&facts, DenyCause::TlsUnavailable).into());
+}
+
+/// Tells a client whose upstream could not be reached (refused, timed
+/// out, or the agent out of descriptors), instead of closing on it.
+async fn answer_unreachable(session: &Session, client: TcpStream, prefix: Vec<u8>) {
+    let detail = format!(
+        "no address of {} answered on port {}",
+        session.host, session.port
+    );
+    answer_refusal(
+        session.agent.clone(),
+        client,
+        prefix,
+        session.tls,
+        session.host.clone(),
+        error_responder(ErrorKind::UpstreamUnreachable, detail),
+    )
+    .await;
 }
 
 async fn dial(session: &Session, addrs: &[IpAddr]) -> Option<TcpStream> {

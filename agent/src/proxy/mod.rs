@@ -40,6 +40,7 @@ use crate::{
     },
     daemon::{Agent, SandboxView, Stats, policies::Snapshot},
     datapath::addr_from_abi,
+    deny::{DenyResponse, ErrorKind},
     dns::Resolve,
     identity::Identity,
     policy::{L4Decision, L4Request, ssrf},
@@ -171,6 +172,16 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     // Read once: the claimed host, and whether the client speaks TLS or
     // HTTP (then a refusal can be answered in-band, contract §2.2).
     let sniffed = sniff::sniff_final(&prefix);
+    if is_oversized_http_head(&sniffed, &prefix) {
+        let reason = format!(
+            "the request head is larger than {} KiB",
+            sniff::MAX_SNIFF / 1024
+        );
+        let answer =
+            DenyResponse::error(ErrorKind::RequestHeaderFieldsTooLarge, &reason).to_http1();
+        record_denial(&agent, with_reason(facts, reason), DenyCause::Policy);
+        return answer_and_linger(stream, &answer).await;
+    }
     let claimed = claimed_host(&sniffed, &prefix);
     let web = l7::speaks_http(&sniffed);
     if let (Some(name), Some(claimed)) = (&conn.name, claimed.clone()) {
@@ -278,7 +289,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
                 conn.dst.port(),
                 kind.as_str()
             );
-            let responder = l7::error_responder(crate::deny::ErrorKind::SsrfDenied, detail);
+            let responder = l7::error_responder(ErrorKind::SsrfDenied, detail);
             let facts = with_reason(facts, denial.to_string());
             return refuse_with(
                 &agent,
@@ -366,10 +377,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
             "{host}:{} carries credentials of provider '{provider}' and must be inspected: give the endpoint `protocol: rest` (without `tls: skip`), or set `allow_uninspected_credentials: true`",
             question.port
         );
-        let responder = l7::error_responder(
-            crate::deny::ErrorKind::UninspectedCredentials,
-            detail.clone(),
-        );
+        let responder = l7::error_responder(ErrorKind::UninspectedCredentials, detail.clone());
         return refuse_with(
             &agent,
             stream,
@@ -528,6 +536,18 @@ fn claimed_host(
     }
 }
 
+/// An HTTP/1 request whose head did not end within [`sniff::MAX_SNIFF`]
+/// bytes: answered 431 rather than refused as malformed.
+fn is_oversized_http_head(sniffed: &sniff::Sniffed, prefix: &[u8]) -> bool {
+    // A method token and a space: the request line itself may be what
+    // does not fit.
+    let method_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    *sniffed == sniff::Sniffed::Malformed
+        && prefix.len() >= sniff::MAX_SNIFF
+        && (1..=16).contains(&method_len)
+        && prefix.get(method_len) == Some(&b' ')
+}
+
 fn looks_like_tls_or_http(prefix: &[u8]) -> bool {
     let tls = prefix.len() >= 2 && prefix[0] == 0x16 && prefix[1] == 0x03;
     let http = prefix.windows(7).any(|w| w == b" HTTP/1") || prefix.starts_with(b"CONNECT ");
@@ -662,12 +682,39 @@ fn log_denial(facts: &ConnectionFacts) {
 }
 
 fn deny(agent: &Agent, stream: TcpStream, facts: ConnectionFacts, cause: DenyCause) {
+    record_denial(agent, facts, cause);
+    refuse(stream);
+}
+
+/// Counts, logs and audits a connection refused.
+fn record_denial(agent: &Agent, facts: ConnectionFacts, cause: DenyCause) {
     Stats::bump(&agent.stats.connections_denied);
     log_denial(&facts);
     agent
         .audit
         .log(NetworkActivity::denied(&facts, cause).into());
-    refuse(stream);
+}
+
+/// How long a refused client may go on sending after its answer.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Sends `answer` and closes gently: the write side is shut, then what the
+/// client is still sending is read and dropped (for [`LINGER`] at most),
+/// since closing with unread input sends a reset that can destroy the
+/// answer before the client reads it.
+async fn answer_and_linger(mut stream: TcpStream, answer: &[u8]) {
+    if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Closes with a reset, so the client fails at once instead of waiting.
@@ -728,4 +775,30 @@ fn credential_provider_for(agent: &Agent, sandbox: &str, host: &str, port: u16) 
         .iter()
         .find(|c| c.bindings.iter().any(|b| b.admits(host, port, "/")))
         .map(|c| c.provider.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oversized(prefix: &[u8]) -> bool {
+        is_oversized_http_head(&sniff::sniff_final(prefix), prefix)
+    }
+
+    #[test]
+    fn a_head_that_does_not_fit_the_sniffer_is_oversized_not_malformed() {
+        let mut long_target = b"GET /".to_vec();
+        long_target.resize(sniff::MAX_SNIFF, b'a');
+        assert!(oversized(&long_target));
+        let mut long_header = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        long_header.resize(sniff::MAX_SNIFF, b'a');
+        assert!(oversized(&long_header));
+        // Short, TLS, or no method: not a head too large.
+        assert!(!oversized(b"GET / HTTP/1.1\r\nX: a"));
+        let mut tls = vec![0x16, 0x03, 0x01];
+        tls.resize(sniff::MAX_SNIFF, 0);
+        assert!(!oversized(&tls));
+        let opaque = vec![b'A'; sniff::MAX_SNIFF];
+        assert!(!oversized(&opaque));
+    }
 }

@@ -24,8 +24,9 @@ use std::net::Ipv6Addr;
 
 /// Most bytes worth peeking at: [`sniff`] never asks for more once it has
 /// this many. ClientHellos, even with post-quantum key shares, and ordinary
-/// request heads are far smaller.
-pub const MAX_SNIFF: usize = 16 * 1024;
+/// request heads are far smaller; it is also the largest request head the
+/// proxy serves, so a head the sniffer cannot finish is one too large.
+pub const MAX_SNIFF: usize = 64 * 1024;
 
 /// What the first bytes of a client stream are.
 #[derive(Debug, Clone, PartialEq, Eq)]
