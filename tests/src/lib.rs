@@ -164,12 +164,12 @@ impl Agent {
         self.stderr = Some(stderr);
     }
 
-    /// SIGKILL: no cleanup runs, as in a crash.
     /// The agent's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// SIGKILL: no cleanup runs, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -227,6 +227,18 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates sandbox `sandbox` under `policy_yaml`.
+    pub fn create_sandbox(&self, sandbox: &str, policy_yaml: &str) {
+        let policy = self.write_policy(&format!("{sandbox}.policy.yaml"), policy_yaml);
+        self.ok(&[
+            "sandbox",
+            "create",
+            sandbox,
+            "--policy",
+            policy.to_str().unwrap(),
+        ]);
     }
 
     pub fn write_policy(&self, file: &str, yaml: &str) -> PathBuf {
@@ -447,6 +459,59 @@ impl Drop for Upstream {
             .args(["link", "del", &self.veth])
             .output();
     }
+}
+
+/// The JSON lines a workload printed, one per attempt or reply; there
+/// must be `expected` of them.
+pub fn json_lines(out: &Output, expected: usize) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        expected,
+        "every attempt reports: {}{}",
+        stdout(out),
+        stderr(out)
+    );
+    lines
+}
+
+/// Writes `target/adversarial/NAME`, a record the adversarial report of
+/// `cargo xtask test` sums up.
+pub fn write_adversarial_record(name: &str, value: &serde_json::Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/adversarial");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = serde_json::to_string_pretty(value).unwrap() + "\n";
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock of Python's `time.monotonic()`,
+/// so a harness and its workload can order events between them.
+pub fn monotonic_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn stdout(out: &Output) -> String {

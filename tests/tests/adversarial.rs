@@ -8,14 +8,15 @@
 //! escapes (must be 0), which `cargo xtask test` sums into its report.
 
 use std::{
-    io::Write,
     net::TcpStream,
     os::fd::AsRawFd,
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
 };
 
-use portcullis_e2e::{Agent, Upstream, portcullis_bin, privileged, stdout};
+use portcullis_e2e::{
+    Agent, Upstream, json_lines, portcullis_bin, privileged, stdout, write_adversarial_record,
+};
 use serde_json::{Value, json};
 
 const ATTEMPTS: &str = include_str!("../scripts/escape_attempts.py");
@@ -94,8 +95,8 @@ fn an_unprivileged_workload_gets_nothing_past_the_agent() {
     ]);
 
     let agent = Agent::start("adversarial", 44, &[("api.example.test", "198.51.100.7")]);
-    create_box(
-        &agent,
+    agent.create_sandbox(
+        "box",
         "version: 1
 network_policies:
   api:
@@ -149,7 +150,7 @@ network_policies:
         "results": results,
         "canary": seen.lines().collect::<Vec<_>>(),
     });
-    write_report("escapes.json", &summary);
+    write_adversarial_record("escapes.json", &summary);
     println!(
         "adversarial: {} escape attempts, {} escapes",
         results.len(),
@@ -165,43 +166,6 @@ network_policies:
     for needle in [canary.ip4.as_str(), "DENIED"] {
         assert!(denials.contains(needle), "{needle} in {denials}");
     }
-}
-
-/// The JSON lines a workload printed, one per attempt or reply; there
-/// must be `expected` of them.
-fn json_lines(out: &Output, expected: usize) -> Vec<Value> {
-    let lines: Vec<Value> = stdout(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        expected,
-        "every attempt reports: {}{}",
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lines
-}
-
-/// Sandbox `box` under `policy_yaml`.
-fn create_box(agent: &Agent, policy_yaml: &str) {
-    let policy = agent.write_policy("p.yaml", policy_yaml);
-    agent.ok(&[
-        "sandbox",
-        "create",
-        "box",
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
-}
-
-/// `target/adversarial/NAME`, for `cargo xtask test` to sum up.
-fn write_report(name: &str, value: &Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/adversarial");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut f = std::fs::File::create(dir.join(name)).unwrap();
-    writeln!(f, "{}", serde_json::to_string_pretty(value).unwrap()).unwrap();
 }
 
 /// Posts N distinct proposals as fast as it can; prints one JSON line per
@@ -257,7 +221,7 @@ fn a_proposal_flood_is_rate_limited_and_counted() {
     let chunks: Value = serde_json::from_str(&pending).unwrap();
     let stored = chunks["chunks"].as_array().map_or(0, Vec::len);
     assert_eq!(stored, accepted, "{pending}");
-    write_report(
+    write_adversarial_record(
         "flood.json",
         &json!({"suite": "proposal flood", "sent": 50, "accepted": accepted,
                 "rate_limited": limited.len()}),
@@ -301,8 +265,8 @@ fn a_slowloris_client_is_cut_off_at_the_head_deadline() {
         &[("api.example.test", up.ip4.as_str())],
         "http_head_seconds: 2\n",
     );
-    create_box(
-        &agent,
+    agent.create_sandbox(
+        "box",
         "version: 1
 network_policies:
   api:
@@ -343,8 +307,8 @@ fn http_tricks_reach_no_path_the_policy_does_not_allow() {
         47,
         &[("api.example.test", up.ip4.as_str())],
     );
-    create_box(
-        &agent,
+    agent.create_sandbox(
+        "box",
         "version: 1
 network_policies:
   api:
@@ -375,7 +339,7 @@ network_policies:
     );
     let results = json_lines(&out, 16);
     let escapes: Vec<&Value> = results.iter().filter(|r| r["escaped"] == true).collect();
-    write_report(
+    write_adversarial_record(
         "http.json",
         &json!({"suite": "HTTP tricks", "attempts": results.len(),
                 "escapes": escapes.len(), "results": results}),

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build-ebpf | build | run | test | fuzz | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | build | run | test | fuzz | bench | soak`.
 //!
 //! A fresh machine has stable and nightly Rust but neither nightly's
 //! `rust-src` nor `bpf-linker`; `build-ebpf` installs what is missing and
@@ -8,6 +8,7 @@ mod adversarial;
 mod bench;
 mod ebpf;
 mod fuzz;
+mod soak;
 
 use std::{
     env,
@@ -29,6 +30,8 @@ tasks:
                     default 1; --target NAME); installs cargo-fuzz if missing
   bench [OPTIONS]   build, then measure every scenario against the direct path
                     (--only 1,4  --seconds N  --perf N); report in target/bench/
+  soak [OPTIONS]    build, then run mixed traffic, reloads and proposals for
+                    --minutes N (default 5); RSS, fds and map entries must stay flat
 ";
 
 fn main() -> ExitCode {
@@ -62,6 +65,10 @@ fn run() -> Result<()> {
         "bench" => {
             let agent = build_all()?;
             bench::run(&agent, &rest)
+        }
+        "soak" => {
+            let agent = build_all()?;
+            soak::run(&agent, &rest)
         }
         "" | "help" | "-h" | "--help" => {
             print!("{USAGE}");
@@ -108,9 +115,7 @@ fn test() -> Result<()> {
     let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     println!("xtask: running unit and end-to-end tests (CI={ci})");
     // Last run's adversarial records must not stand in for this run's.
-    for record in ["escapes.json", "http.json", "flood.json"] {
-        let _ = std::fs::remove_file(adversarial::dir().join(record));
-    }
+    adversarial::clear_test_records(&adversarial::dir());
     // End-to-end tests share the kernel's cgroups and bpffs; each test uses
     // its own names, so they may run in parallel, but two threads keep a
     // two-core machine responsive.
