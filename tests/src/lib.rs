@@ -487,6 +487,31 @@ pub fn write_adversarial_record(name: &str, value: &serde_json::Value) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
+/// Where `secret` shows in what a person or an agent could read of an
+/// agent rooted at `root`: the `stderr` lines given, and the files of its
+/// log and state directories. Empty when it shows nowhere.
+pub fn secret_sightings(root: &Path, stderr: &[String], secret: &str) -> Vec<String> {
+    let mut seen: Vec<String> = stderr
+        .iter()
+        .filter(|line| line.contains(secret))
+        .map(|line| format!("agent stderr: {line}"))
+        .collect();
+    let mut stack = vec![root.join("log"), root.join("state")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes()))
+            {
+                seen.push(format!("file {}", path.display()));
+            }
+        }
+    }
+    seen
+}
+
 /// CLOCK_MONOTONIC in seconds: the clock of Python's `time.monotonic()`,
 /// so a harness and its workload can order events between them.
 pub fn monotonic_seconds() -> f64 {

@@ -15,7 +15,8 @@ use std::{
 };
 
 use portcullis_e2e::{
-    Agent, Upstream, json_lines, portcullis_bin, privileged, stdout, write_adversarial_record,
+    Agent, Upstream, json_lines, portcullis_bin, privileged, secret_sightings, stdout,
+    write_adversarial_record,
 };
 use serde_json::{Value, json};
 
@@ -380,4 +381,140 @@ network_policies:
             e.to_string().contains("the client sent nothing")
         })
         .expect("the empty connection's denial names why");
+}
+
+const LEAK_ATTEMPTS: &str = include_str!("../scripts/leak_attempts.py");
+const UPSTREAM_BIN: &str = env!("CARGO_BIN_EXE_e2e-upstream");
+const SECRET: &str = "ghp_adversarialSecret0123456789";
+
+/// python and node may use api.github.com (where the provider binds the
+/// credential) and other.example.test (which binds nothing), both served
+/// by the mirroring upstream; curl may propose rules.
+const LEAK_POLICY: &str = "version: 1
+network_policies:
+  web:
+    endpoints:
+      - host: api.github.com
+        port: 443
+        protocol: rest
+        access: read-write
+      - host: api.github.com
+        port: 80
+        protocol: rest
+        access: read-write
+      - host: other.example.test
+        port: 443
+        protocol: rest
+        access: read-write
+    binaries:
+      - path: /usr/bin/python3*
+      - path: /usr/bin/node
+";
+
+#[test]
+fn a_credential_reaches_only_its_host_and_names_and_proposals_smuggle_nothing() {
+    if !privileged() {
+        return;
+    }
+    let f = portcullis_e2e::RestFixture::serving(
+        UPSTREAM_BIN,
+        "adversarial-leaks",
+        56,
+        LEAK_POLICY,
+        &[],
+        &["api.github.com", "other.example.test"],
+        (443, 80),
+    );
+    let agent = &f.agent;
+    let secret_file = agent.root.join("token");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    agent.ok(&[
+        "provider",
+        "create",
+        "gh",
+        "--type",
+        "github",
+        "--credential",
+        "GITHUB_TOKEN",
+        "--from-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&secret_file).unwrap();
+    agent.ok(&["sandbox", "provider", "attach", "demo", "gh"]);
+
+    let script = agent.root.join("leak_attempts.py");
+    std::fs::write(&script, LEAK_ATTEMPTS).unwrap();
+    let out = agent.run_in("demo", &[PYTHON, script.to_str().unwrap()]);
+    let results = json_lines(&out, 32);
+    let of = |kind: &str| -> Vec<&Value> { results.iter().filter(|r| r["kind"] == kind).collect() };
+    let reply = |r: &Value| r["reply"].as_str().unwrap_or_default().to_string();
+
+    // The legitimate use delivers the value, so a search for it can fail.
+    let (controls, placements): (Vec<&Value>, Vec<&Value>) =
+        of("secret").into_iter().partition(|r| r["control"] == true);
+    assert!(
+        reply(controls[0]).contains(SECRET),
+        "the bound host gets the credential: {}",
+        controls[0]
+    );
+    let leaked: Vec<&&Value> = placements
+        .iter()
+        .filter(|r| reply(r).contains(SECRET))
+        .collect();
+    // Every placement was refused or carried the placeholder unresolved;
+    // none failed for an unrelated reason (a dead proxy leaks nothing).
+    let unanswered: Vec<&&Value> = placements
+        .iter()
+        .filter(|r| reply(r).starts_with("error") || reply(r).is_empty())
+        .collect();
+    let stderr = agent.stderr_lines();
+    let sightings = secret_sightings(&agent.root, &stderr, SECRET);
+    write_adversarial_record(
+        "leaks.json",
+        &json!({"suite": "secrets", "attempts": placements.len() + 1,
+                "leaked": leaked.len() + usize::from(!sightings.is_empty()),
+                "results": placements, "sightings": sightings}),
+    );
+
+    // Names: answered by the agent itself; no resolver is asked for one.
+    let names = of("name");
+    let looked_up: Vec<&&Value> = names
+        .iter()
+        .filter(|r| {
+            let name = r["attempt"].as_str().unwrap();
+            stderr
+                .iter()
+                .any(|l| l.contains(&format!("resolved {name}")))
+        })
+        .collect();
+    // Proposals for metadata and link-local targets: all refused.
+    let proposals = of("proposal");
+    let accepted: Vec<&&Value> = proposals
+        .iter()
+        .filter(|r| !reply(r).starts_with("400 "))
+        .collect();
+    write_adversarial_record(
+        "names.json",
+        &json!({"suite": "DNS names and proposals", "attempts": names.len() + proposals.len(),
+                "escapes": looked_up.len() + accepted.len(),
+                "results": names.iter().chain(&proposals).collect::<Vec<_>>()}),
+    );
+    println!(
+        "adversarial: {} credential placements, {} leaked; {} names and proposals, {} escapes",
+        placements.len() + 1,
+        leaked.len() + usize::from(!sightings.is_empty()),
+        names.len() + proposals.len(),
+        looked_up.len() + accepted.len()
+    );
+    assert!(leaked.is_empty(), "leaked: {leaked:#?}");
+    assert!(sightings.is_empty(), "the secret shows: {sightings:#?}");
+    assert!(unanswered.is_empty(), "unanswered: {unanswered:#?}");
+    assert!(looked_up.is_empty(), "names looked up: {looked_up:#?}");
+    assert!(accepted.is_empty(), "proposals accepted: {accepted:#?}");
+    for r in &names[..3] {
+        assert!(
+            !reply(r).starts_with("error"),
+            "an exfiltration name is answered, locally: {r}"
+        );
+    }
 }

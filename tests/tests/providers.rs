@@ -3,7 +3,7 @@
 //! placeholders; the stand-in for api.github.com reports the
 //! Authorization header it received.
 
-use portcullis_e2e::{RestFixture, privileged, stdout};
+use portcullis_e2e::{RestFixture, privileged, secret_sightings, stdout};
 use serde_json::Value;
 
 const UPSTREAM: &str = env!("CARGO_BIN_EXE_e2e-upstream");
@@ -73,25 +73,8 @@ fn assert_nowhere(f: &RestFixture, outputs: &[String], secret: &str) {
             "output {i} leaks the secret: {text}"
         );
     }
-    for line in f.agent.stderr_lines() {
-        assert!(!line.contains(secret), "agent stderr leaks: {line}");
-    }
-    let mut stack = vec![f.agent.root.join("log"), f.agent.root.join("state")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{} holds the secret in plaintext",
-                path.display()
-            );
-        }
-    }
+    let seen = secret_sightings(&f.agent.root, &f.agent.stderr_lines(), secret);
+    assert!(seen.is_empty(), "the secret shows: {seen:#?}");
 }
 
 #[test]

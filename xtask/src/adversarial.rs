@@ -96,6 +96,14 @@ pub fn lines(dir: &Path) -> Vec<String> {
         ),
         None => "  proposal flood   not run".into(),
     });
+    out.push(match read(dir, "names.json") {
+        Some(v) => format!(
+            "  names, proposals {} made, {} escapes (must be 0)",
+            count(&v, "attempts"),
+            count(&v, "escapes")
+        ),
+        None => "  names, proposals not run".into(),
+    });
     out.push(match read(dir, "leaks.json") {
         Some(v) => format!(
             "  secrets          {} placements tried, {} leaked (must be 0)",
@@ -179,6 +187,7 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.join("leaks.json"), r#"{"attempts": 9, "leaked": 0}"#).unwrap();
+        std::fs::write(dir.join("names.json"), r#"{"attempts": 4, "escapes": 1}"#).unwrap();
         let text = lines(&dir).join("\n");
         assert!(
             text.contains("faults           2 injected, 1 survived"),
@@ -186,6 +195,10 @@ mod tests {
         );
         assert!(
             text.contains("secrets          9 placements tried, 0 leaked (must be 0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("names, proposals 4 made, 1 escapes (must be 0)"),
             "{text}"
         );
         assert!(text.contains("cargo xtask fuzz --minutes N"), "{text}");

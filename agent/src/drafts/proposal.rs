@@ -8,10 +8,12 @@
 //! further by the policy parser; this module only enforces what is
 //! specific to proposals and names the JSON field at fault.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
+
+use crate::policy::ssrf;
 
 /// Largest body accepted (the HTTP layer answers 413 before this).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -509,7 +511,7 @@ fn blocked_host(host: &str) -> Option<&'static str> {
     if bare == "localhost" || bare.ends_with(".localhost") {
         return Some("loopback");
     }
-    if bare == "metadata.google.internal" || bare == "metadata" {
+    if ssrf::METADATA_HOSTNAMES.contains(&bare) {
         return Some("metadata");
     }
     let ip = bare
@@ -519,50 +521,24 @@ fn blocked_host(host: &str) -> Option<&'static str> {
     blocked_ip(ip)
 }
 
-/// Loopback, link-local, unspecified and metadata addresses; IPv4-mapped
-/// IPv6 addresses are judged by their IPv4 address.
+/// Loopback, link-local, unspecified and metadata addresses, as the
+/// proxy judges them.
 fn blocked_ip(ip: IpAddr) -> Option<&'static str> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) if v4 == Ipv4Addr::new(169, 254, 169, 254) => Some("metadata"),
-        IpAddr::V4(v4) if v4.is_loopback() => Some("loopback"),
-        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
-        IpAddr::V4(v4) if v4.is_unspecified() => Some("unspecified-address"),
-        IpAddr::V6(v6) if v6 == AWS_METADATA_V6 => Some("metadata"),
-        IpAddr::V6(v6) if v6.is_loopback() => Some("loopback"),
-        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("link-local"),
-        IpAddr::V6(v6) if v6.is_unspecified() => Some("unspecified-address"),
-        _ => None,
-    }
+    ssrf::is_always_blocked(ip).map(|kind| match kind {
+        "unspecified" => "unspecified-address",
+        kind => kind,
+    })
 }
-
-/// AWS's IPv6 instance metadata address.
-const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
 
 /// The always-blocked range an `allowed_ips` entry overlaps, and its kind.
 /// Entries that do not parse are left to the policy parser.
-fn blocked_overlap(entry: &str) -> Option<(&'static str, &'static str)> {
-    const BLOCKED: [(&str, &str); 10] = [
-        ("127.0.0.0/8", "loopback"),
-        ("169.254.0.0/16", "link-local and metadata"),
-        ("0.0.0.0/32", "unspecified"),
-        ("::1/128", "loopback"),
-        ("fe80::/10", "link-local"),
-        ("::/128", "unspecified"),
-        ("fd00:ec2::254/128", "metadata"),
-        ("::ffff:127.0.0.0/104", "IPv4-mapped loopback"),
-        ("::ffff:169.254.0.0/112", "IPv4-mapped link-local"),
-        ("::ffff:0.0.0.0/128", "IPv4-mapped unspecified"),
-    ];
+fn blocked_overlap(entry: &str) -> Option<(IpNet, &'static str)> {
     let entry = entry.trim();
     let net = entry
         .parse::<IpNet>()
         .ok()
         .or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from))?;
-    BLOCKED.into_iter().find(|(range, _)| {
-        range.parse::<IpNet>().is_ok_and(|blocked| {
-            blocked.contains(&net.network()) || net.contains(&blocked.network())
-        })
-    })
+    ssrf::always_blocked_overlap(&net)
 }
 
 /// The IPv4 forms `inet_aton` accepts beyond dotted quads: one to four
@@ -1182,6 +1158,7 @@ mod tests {
             ("2130706433", "loopback"),
             ("0x7f.1", "loopback"),
             ("0251.0376.0251.0376", "metadata"),
+            ("100.100.100.200", "metadata"),
         ];
         for (host, what) in cases {
             let e = err(&with_endpoint(json!({"host": host, "port": 80})));
@@ -1220,6 +1197,7 @@ mod tests {
             ("::1", "::1/128"),
             ("::/0", "::1/128"),
             ("::ffff:169.254.1.1", "::ffff:169.254.0.0/112"),
+            ("100.64.0.0/10", "100.100.100.200/32"),
         ] {
             let ep = json!({"host": "svc.internal.example", "port": 443, "allowed_ips": ["10.0.0.0/8", entry]});
             let e = err(&with_endpoint(ep));

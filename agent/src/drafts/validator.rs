@@ -43,10 +43,6 @@ const L7_OPAQUE_BINARIES: &[&str] = &[
     "openssl",
 ];
 
-/// Names that reach a cloud metadata service (always blocked at merge, but
-/// still reported: the validator judges what a policy says).
-const METADATA_HOSTNAMES: &[&str] = &["metadata.google.internal", "metadata"];
-
 /// Hosts the sandbox holds credentials for (from attached providers'
 /// profiles; issue "providers" fills it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -299,7 +295,7 @@ fn endpoint_hosts(endpoint: &Endpoint) -> Vec<(String, bool)> {
 fn host_is_link_local(host: &str) -> bool {
     match host.parse::<IpAddr>() {
         Ok(ip) => matches!(ssrf::is_always_blocked(ip), Some("link-local" | "metadata")),
-        Err(_) => METADATA_HOSTNAMES
+        Err(_) => ssrf::METADATA_HOSTNAMES
             .iter()
             .any(|name| glob::host_matches(host, name)),
     }

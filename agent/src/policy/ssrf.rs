@@ -62,12 +62,23 @@ impl fmt::Display for SsrfDenial {
 
 impl std::error::Error for SsrfDenial {}
 
+/// Cloud instance metadata services: 169.254.169.254 (AWS, GCP, Azure,
+/// OCI and most others) and 100.100.100.200 (Alibaba Cloud, outside the
+/// link-local range).
+const METADATA_V4: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(100, 100, 100, 200),
+];
+
+/// Names that reach a cloud metadata service.
+pub const METADATA_HOSTNAMES: &[&str] = &["metadata.google.internal", "metadata"];
+
 /// The class of an always-blocked address, if it is one. IPv4-mapped IPv6
 /// addresses are judged by their IPv4 address.
 pub fn is_always_blocked(ip: IpAddr) -> Option<&'static str> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            if v4 == Ipv4Addr::new(169, 254, 169, 254) {
+            if METADATA_V4.contains(&v4) {
                 Some("metadata")
             } else if v4.is_loopback() {
                 Some("loopback")
@@ -163,6 +174,8 @@ fn always_blocked_nets() -> Vec<(IpNet, &'static str)> {
         mapped(127, 0, 0, 0, 8, "loopback"),
         mapped(169, 254, 0, 0, 16, "link-local"),
         mapped(0, 0, 0, 0, 32, "unspecified"),
+        v4(100, 100, 100, 200, 32, "metadata"),
+        mapped(100, 100, 100, 200, 32, "metadata"),
     ]
     .into_iter()
     .flatten()
@@ -171,10 +184,14 @@ fn always_blocked_nets() -> Vec<(IpNet, &'static str)> {
 
 /// The always-blocked class an `allowed_ips` entry overlaps, if any.
 pub fn overlaps_always_blocked(net: &IpNet) -> Option<&'static str> {
+    always_blocked_overlap(net).map(|(_, kind)| kind)
+}
+
+/// The first always-blocked network `net` overlaps, with its class.
+pub fn always_blocked_overlap(net: &IpNet) -> Option<(IpNet, &'static str)> {
     always_blocked_nets()
         .into_iter()
         .find(|(blocked, _)| net.contains(&blocked.network()) || blocked.contains(&net.network()))
-        .map(|(_, kind)| kind)
 }
 
 /// Which resolved addresses may be dialled for an allowed endpoint; `Err`
@@ -280,6 +297,12 @@ mod tests {
         assert_eq!(is_always_blocked(ip("::")), Some("unspecified"));
         assert_eq!(is_always_blocked(ip("169.254.169.254")), Some("metadata"));
         assert_eq!(is_always_blocked(ip("fd00:ec2::254")), Some("metadata"));
+        assert_eq!(is_always_blocked(ip("100.100.100.200")), Some("metadata"));
+        assert_eq!(
+            is_always_blocked(ip("::ffff:100.100.100.200")),
+            Some("metadata")
+        );
+        assert_eq!(is_always_blocked(ip("100.100.100.201")), None);
         assert_eq!(is_always_blocked(ip("10.0.0.1")), None);
         assert_eq!(is_always_blocked(ip("8.8.8.8")), None);
     }
@@ -449,6 +472,10 @@ mod tests {
         );
         assert_eq!(
             overlaps_always_blocked(&net("fd00:ec2::/32")),
+            Some("metadata")
+        );
+        assert_eq!(
+            overlaps_always_blocked(&net("100.64.0.0/10")),
             Some("metadata")
         );
         assert_eq!(overlaps_always_blocked(&net("10.0.0.0/8")), None);

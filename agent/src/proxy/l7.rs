@@ -637,16 +637,16 @@ impl Session {
                 "the request has both Content-Length and Transfer-Encoding",
             ));
         }
-        // Every request of a kept-alive connection names the same host.
-        let named = req
+        // Every request of a kept-alive connection names the same host,
+        // in every place it names one: each Host header and the target's
+        // (or HTTP/2 `:authority`) authority, which upstreams may prefer.
+        let mut names = req
             .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
-        if let Some(named) = named
-            && sniff::normalize_host(&named) != self.host
-        {
+            .get_all(header::HOST)
+            .iter()
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .chain(req.uri().authority().map(|a| a.as_str().to_string()));
+        if let Some(named) = names.find(|n| sniff::normalize_host(n) != self.host) {
             return respond(DenyResponse::error(
                 ErrorKind::InvalidRequest,
                 &format!(

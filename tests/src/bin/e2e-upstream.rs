@@ -15,6 +15,10 @@
 //! cases:
 //! - `/trailers`: the same JSON, streamed, ending with the trailers
 //!   `grpc-status: 0` and `x-trailer: yes`;
+//! - `/mirror/...`: the same JSON plus `headers` (every header, as
+//!   `[name, value]` pairs), `authority` (the target's, HTTP/2's
+//!   `:authority`) and `body` (the body as lossy UTF-8), so a test
+//!   can look for a value anywhere in what arrived;
 //! - `/ws`: a WebSocket (RFC 6455, HTTP/1.1 upgrade) echo server;
 //! - `content-type: application/grpc`: the `e2e.Echo` gRPC service, whose
 //!   `Say` replies with `echo: ` and the request's message.
@@ -352,8 +356,30 @@ async fn describe(req: Request<Incoming>) -> Response<Body> {
     let mut info = summary(&req);
     let head = req.method() == Method::HEAD;
     let trailers = req.uri().path() == "/trailers";
+    let mirror = req.uri().path().starts_with("/mirror/");
+    if mirror {
+        let headers: Vec<[String; 2]> = req
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                [
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ]
+            })
+            .collect();
+        info.insert("headers".into(), serde_json::json!(headers));
+        let authority = req.uri().authority().map(|a| a.to_string());
+        info.insert("authority".into(), authority.into());
+    }
     let body_len = match req.into_body().collect().await {
-        Ok(body) => body.to_bytes().len(),
+        Ok(body) => {
+            let body = body.to_bytes();
+            if mirror {
+                info.insert("body".into(), String::from_utf8_lossy(&body).into());
+            }
+            body.len()
+        }
         Err(e) => {
             return text(
                 StatusCode::BAD_REQUEST,
