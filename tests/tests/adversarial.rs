@@ -293,7 +293,73 @@ network_policies:
     assert_ne!(line["how"], "still open after 20 s", "{line}");
     // Cut at the 2 s deadline, not at once and not much later.
     assert!((1.5..6.0).contains(&seconds), "{line}");
+
+    // policy.local: a trickled head is cut at the same deadline; a
+    // trickled body gets 408 at the 15 s body deadline (contract §2.4).
+    let out = agent.run_in("box", &[PYTHON, "-c", SLOW_LOCAL]);
+    let lines = json_lines(&out, 2);
+    let of = |what: &str| lines.iter().find(|l| l["what"] == what).unwrap();
+    let head = of("head");
+    assert_ne!(head["how"], "still open after 25 s", "{head}");
+    assert!(
+        (1.5..6.0).contains(&head["seconds"].as_f64().unwrap()),
+        "{head}"
+    );
+    let body = of("body");
+    assert!(
+        body["how"].as_str().unwrap().starts_with("HTTP/1.1 408"),
+        "{body}"
+    );
+    assert!(
+        body["how"].as_str().unwrap().contains("request_timeout"),
+        "{body}"
+    );
+    assert!(
+        (14.0..20.0).contains(&body["seconds"].as_f64().unwrap()),
+        "{body}"
+    );
+    write_adversarial_record(
+        "fault-slowloris.json",
+        &json!({"fault": "slowloris", "survived": true,
+                "facts": {"proxy_head_cut_seconds": seconds,
+                          "policy_local_head_cut_seconds": head["seconds"],
+                          "policy_local_body_cut_seconds": body["seconds"]}}),
+    );
 }
+
+/// Trickles a head, and (at once, in another thread) a body, to
+/// policy.local a line every 200 ms; a line for each: how long it was let
+/// dribble and how it ended.
+const SLOW_LOCAL: &str = r#"
+import json, socket, threading, time
+def trickle(what, head, drip):
+    s = socket.create_connection(("policy.local", 80), timeout=30)
+    s.sendall(head)
+    start = time.monotonic()
+    how = "still open after 25 s"
+    got = b""
+    while time.monotonic() - start < 25:
+        try:
+            s.sendall(drip)
+            s.settimeout(0.2)
+            more = s.recv(65536)
+            if more == b"":
+                how = got.decode(errors="replace") or "closed"
+                break
+            got += more
+        except socket.timeout:
+            continue
+        except OSError as e:
+            how = got.decode(errors="replace") or type(e).__name__
+            break
+    print(json.dumps({"what": what, "seconds": time.monotonic() - start, "how": how}), flush=True)
+ts = [
+    threading.Thread(target=trickle, args=("head", b"GET /v1/policy/current HTTP/1.1\r\nHost: policy.local\r\n", b"X-Slow: 1\r\n")),
+    threading.Thread(target=trickle, args=("body", b"POST /v1/proposals HTTP/1.1\r\nHost: policy.local\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n", b" ")),
+]
+for t in ts: t.start()
+for t in ts: t.join()
+"#;
 
 const HTTP_ATTACKS: &str = include_str!("../scripts/http_attacks.py");
 

@@ -176,6 +176,8 @@ pub fn chunk_payload(chunk: &Chunk, policy_reloaded: bool, timed_out: bool) -> V
 /// Serves one connection to `policy.local` for `sandbox` (plain HTTP/1.1,
 /// origin-form or absolute-form targets alike).
 pub async fn serve(agent: Arc<Agent>, sandbox: String, stream: TcpStream) {
+    // The proxy's head deadline, capped at the body's.
+    let head_timeout = agent.config.http_head_timeout().min(BODY_READ_TIMEOUT);
     let service = service_fn(move |req: Request<Incoming>| {
         let agent = agent.clone();
         let sandbox = sandbox.clone();
@@ -184,7 +186,7 @@ pub async fn serve(agent: Arc<Agent>, sandbox: String, stream: TcpStream) {
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .max_buf_size(64 * 1024)
         .keep_alive(false)
-        .header_read_timeout(BODY_READ_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .timer(hyper_util::rt::TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
         .await
