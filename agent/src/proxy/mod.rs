@@ -55,10 +55,15 @@ const SNIFF_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
     let mut retry = crate::accept::Retry::new("proxy");
+    let mut reserve = crate::accept::Reserve::new("proxy");
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 retry.accepted();
+                if reserve.must_refuse(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+                    refuse(stream);
+                    continue;
+                }
                 let agent = agent.clone();
                 tokio::spawn(async move { handle(agent, stream, peer).await });
             }

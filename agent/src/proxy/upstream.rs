@@ -14,6 +14,14 @@ pub async fn dial(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     } else {
         TcpSocket::new_v6()?
     };
+    // Connections accepted just before the reserve was reached dial too;
+    // the reserve holds for their upstream sockets as well.
+    let fd = u64::try_from(socket.as_raw_fd()).unwrap_or(u64::MAX);
+    if crate::accept::within_reserve(fd, crate::accept::descriptor_limit()) {
+        return Err(std::io::Error::other(
+            "the agent's descriptors are down to its reserve",
+        ));
+    }
     set_mark(&socket, mark)?;
     socket.set_nodelay(true)?;
     match tokio::time::timeout(DIAL_TIMEOUT, socket.connect(addr)).await {
