@@ -160,8 +160,9 @@ pub fn speaks_http(sniffed: &sniff::Sniffed) -> Option<bool> {
 pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: Vec<IpAddr>) {
     let session = Arc::new(session);
     if !session.tls {
-        let Some(tcp) = dial(&session, &addrs).await else {
-            return answer_unreachable(&session, client, prefix).await;
+        let tcp = match dial(&session, &addrs).await {
+            Ok(tcp) => tcp,
+            Err(why) => return answer_unreachable(&session, client, prefix, why).await,
         };
         let client = Rewind::new(prefix, client);
         proxy_http(session, TokioIo::new(client), TokioIo::new(tcp), false).await;
@@ -183,8 +184,9 @@ pub async fn serve(session: Session, client: TcpStream, prefix: Vec<u8>, addrs: 
     }
     // Dialled before the client's handshake, so a failure can still be
     // answered in-band, over TLS with a leaf of our own.
-    let Some(tcp) = dial(&session, &addrs).await else {
-        return answer_unreachable(&session, client, prefix).await;
+    let tcp = match dial(&session, &addrs).await {
+        Ok(tcp) => tcp,
+        Err(why) => return answer_unreachable(&session, client, prefix, why).await,
     };
     let client = Rewind::new(prefix, client);
     let start = match LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client).await {
@@ -266,12 +268,21 @@ fn refuse_tls(session: &Session, reason: String) {
 }
 
 /// Tells a client whose upstream could not be reached (refused, timed
-/// out, or the agent out of descriptors), instead of closing on it.
-async fn answer_unreachable(session: &Session, client: TcpStream, prefix: Vec<u8>) {
-    let detail = format!(
-        "no address of {} answered on port {}",
-        session.host, session.port
-    );
+/// out, or the agent at its descriptor reserve), instead of closing on it.
+async fn answer_unreachable(
+    session: &Session,
+    client: TcpStream,
+    prefix: Vec<u8>,
+    why: std::io::Error,
+) {
+    let detail = if super::upstream::AtDescriptorReserve::is(&why) {
+        why.to_string()
+    } else {
+        format!(
+            "no address of {} answered on port {}",
+            session.host, session.port
+        )
+    };
     answer_refusal(
         session.agent.clone(),
         client,
@@ -283,11 +294,11 @@ async fn answer_unreachable(session: &Session, client: TcpStream, prefix: Vec<u8
     .await;
 }
 
-async fn dial(session: &Session, addrs: &[IpAddr]) -> Option<TcpStream> {
+async fn dial(session: &Session, addrs: &[IpAddr]) -> std::io::Result<TcpStream> {
     let stream = super::dial_first(addrs, session.port, session.agent.config.self_mark).await;
-    if stream.is_none() {
+    if let Err(e) = &stream {
         log::info!(
-            "sandbox {}: no address of {} answered",
+            "sandbox {}: no address of {} answered: {e}",
             session.facts.sandbox,
             session.host
         );

@@ -401,15 +401,17 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     agent
         .audit
         .log(NetworkActivity::allowed(&facts, Inspection::L4Only).into());
-    let Some(mut upstream) = dial_first(&permitted, conn.dst.port(), agent.config.self_mark).await
-    else {
-        log::info!(
-            "sandbox {}: no address of {} answered",
-            conn.sandbox,
-            facts.dst_host.as_deref().unwrap_or("?")
-        );
-        refuse(stream);
-        return;
+    let mut upstream = match dial_first(&permitted, conn.dst.port(), agent.config.self_mark).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            log::info!(
+                "sandbox {}: no address of {} answered: {e}",
+                conn.sandbox,
+                facts.dst_host.as_deref().unwrap_or("?")
+            );
+            refuse(stream);
+            return;
+        }
     };
     if !prefix.is_empty() && upstream.write_all(&prefix).await.is_err() {
         refuse(stream);
@@ -475,14 +477,20 @@ async fn until_withdrawn(
     }
 }
 
-async fn dial_first(addrs: &[IpAddr], port: u16, mark: u32) -> Option<TcpStream> {
+/// The first of `addrs` that answers, or why the last did not.
+async fn dial_first(addrs: &[IpAddr], port: u16, mark: u32) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::other("no addresses to dial");
     for ip in addrs {
         match upstream::dial(SocketAddr::new(*ip, port), mark).await {
-            Ok(stream) => return Some(stream),
-            Err(e) => log::debug!("dial {ip}:{port}: {e}"),
+            Ok(stream) => return Ok(stream),
+            Err(e) if upstream::AtDescriptorReserve::is(&e) => return Err(e),
+            Err(e) => {
+                log::debug!("dial {ip}:{port}: {e}");
+                last = e;
+            }
         }
     }
-    None
+    Err(last)
 }
 
 /// Reads what the client sends first, until it is clearly a TLS

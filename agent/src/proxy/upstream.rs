@@ -7,6 +7,29 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A dial refused because the agent's descriptors are down to the reserve
+/// it keeps for its operator ([`crate::accept::RESERVED_FDS`]).
+#[derive(Debug)]
+pub struct AtDescriptorReserve;
+
+impl std::fmt::Display for AtDescriptorReserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the agent holds too many connections (its descriptors are down to the reserve \
+             it keeps for its operator); retry once some close",
+        )
+    }
+}
+
+impl std::error::Error for AtDescriptorReserve {}
+
+impl AtDescriptorReserve {
+    /// Whether `e` is this refusal.
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Self>())
+    }
+}
+
 /// Connects to `addr` with SO_MARK set before connect.
 pub async fn dial(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
@@ -18,9 +41,7 @@ pub async fn dial(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     // the reserve holds for their upstream sockets as well.
     let fd = u64::try_from(socket.as_raw_fd()).unwrap_or(u64::MAX);
     if crate::accept::within_reserve(fd, crate::accept::descriptor_limit()) {
-        return Err(std::io::Error::other(
-            "the agent's descriptors are down to its reserve",
-        ));
+        return Err(std::io::Error::other(AtDescriptorReserve));
     }
     set_mark(&socket, mark)?;
     socket.set_nodelay(true)?;
