@@ -177,7 +177,7 @@ async fn handle(agent: Arc<Agent>, mut stream: TcpStream, peer: SocketAddr) {
     // Read once: the claimed host, and whether the client speaks TLS or
     // HTTP (then a refusal can be answered in-band, contract §2.2).
     let sniffed = sniff::sniff_final(&prefix);
-    if is_oversized_http_head(&sniffed, &prefix) {
+    if sniff::is_oversized_http_head(&sniffed, &prefix) {
         let reason = format!(
             "the request head is larger than {} KiB",
             sniff::MAX_SNIFF / 1024
@@ -549,18 +549,6 @@ fn claimed_host(
     }
 }
 
-/// An HTTP/1 request whose head did not end within [`sniff::MAX_SNIFF`]
-/// bytes: answered 431 rather than refused as malformed.
-fn is_oversized_http_head(sniffed: &sniff::Sniffed, prefix: &[u8]) -> bool {
-    // A method token and a space: the request line itself may be what
-    // does not fit.
-    let method_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    *sniffed == sniff::Sniffed::Malformed
-        && prefix.len() >= sniff::MAX_SNIFF
-        && (1..=16).contains(&method_len)
-        && prefix.get(method_len) == Some(&b' ')
-}
-
 fn looks_like_tls_or_http(prefix: &[u8]) -> bool {
     let tls = prefix.len() >= 2 && prefix[0] == 0x16 && prefix[1] == 0x03;
     let http = prefix.windows(7).any(|w| w == b" HTTP/1") || prefix.starts_with(b"CONNECT ");
@@ -788,30 +776,4 @@ fn credential_provider_for(agent: &Agent, sandbox: &str, host: &str, port: u16) 
         .iter()
         .find(|c| c.bindings.iter().any(|b| b.admits(host, port, "/")))
         .map(|c| c.provider.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn oversized(prefix: &[u8]) -> bool {
-        is_oversized_http_head(&sniff::sniff_final(prefix), prefix)
-    }
-
-    #[test]
-    fn a_head_that_does_not_fit_the_sniffer_is_oversized_not_malformed() {
-        let mut long_target = b"GET /".to_vec();
-        long_target.resize(sniff::MAX_SNIFF, b'a');
-        assert!(oversized(&long_target));
-        let mut long_header = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
-        long_header.resize(sniff::MAX_SNIFF, b'a');
-        assert!(oversized(&long_header));
-        // Short, TLS, or no method: not a head too large.
-        assert!(!oversized(b"GET / HTTP/1.1\r\nX: a"));
-        let mut tls = vec![0x16, 0x03, 0x01];
-        tls.resize(sniff::MAX_SNIFF, 0);
-        assert!(!oversized(&tls));
-        let opaque = vec![b'A'; sniff::MAX_SNIFF];
-        assert!(!oversized(&opaque));
-    }
 }

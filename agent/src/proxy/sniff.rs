@@ -110,6 +110,14 @@ pub fn sniff_final(buf: &[u8]) -> Sniffed {
     }
 }
 
+/// An HTTP/1 request whose head did not end within [`MAX_SNIFF`] bytes
+/// (`sniffed` is what [`sniff_final`] made of `buf`): too large, rather
+/// than malformed. The request line itself may be what does not fit, so
+/// only its opening (a method and whitespace) is required.
+pub fn is_oversized_http_head(sniffed: &Sniffed, buf: &[u8]) -> bool {
+    *sniffed == Sniffed::Malformed && buf.len() >= MAX_SNIFF && http::opens_like_request(buf)
+}
+
 /// Normalises a host for comparison: trims spaces and tabs, drops a
 /// `:port` suffix (digits only) and the brackets of an IPv6 literal
 /// (writing the address in canonical form), drops one trailing root dot,
@@ -386,13 +394,7 @@ mod http {
             return Sniffed::Malformed;
         }
 
-        // Servers skip empty lines before the request line (RFC 9112 §2.2),
-        // so a request may hide behind them.
-        let start = buf
-            .iter()
-            .position(|&b| b != b'\r' && b != b'\n')
-            .unwrap_or(buf.len());
-        let buf = buf.get(start..).unwrap_or_default();
+        let buf = after_empty_lines(buf);
 
         // The method is followed by whitespace; decide early for streams
         // that cannot be HTTP, so they are not held up waiting for more.
@@ -619,6 +621,23 @@ mod http {
     /// RFC 9110 §5.6.2 token characters.
     /// Longest method worth waiting for.
     const MAX_METHOD_LEN: usize = 20;
+
+    /// Servers skip empty lines before the request line (RFC 9112 §2.2),
+    /// so a request may hide behind them.
+    fn after_empty_lines(buf: &[u8]) -> &[u8] {
+        let start = buf
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(buf.len());
+        buf.get(start..).unwrap_or_default()
+    }
+
+    /// Whether `buf` opens like a request line: a method, then whitespace.
+    pub(super) fn opens_like_request(buf: &[u8]) -> bool {
+        let buf = after_empty_lines(buf);
+        let method_len = buf.iter().take_while(|&&b| is_method_char(b)).count();
+        (1..=MAX_METHOD_LEN).contains(&method_len) && buf.get(method_len).is_some_and(|&b| is_ws(b))
+    }
 
     fn is_method_char(b: u8) -> bool {
         b.is_ascii_uppercase() || b == b'-' || b == b'_'
@@ -1229,5 +1248,26 @@ mod tests {
             assert!(!http::valid_authority(bad.as_bytes(), false), "{bad}");
         }
         assert!(http::valid_authority(b"", true));
+    }
+
+    fn oversized(prefix: &[u8]) -> bool {
+        is_oversized_http_head(&sniff_final(prefix), prefix)
+    }
+
+    #[test]
+    fn a_head_that_does_not_fit_the_sniffer_is_oversized_not_malformed() {
+        let mut long_target = b"GET /".to_vec();
+        long_target.resize(MAX_SNIFF, b'a');
+        assert!(oversized(&long_target));
+        let mut long_header = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        long_header.resize(MAX_SNIFF, b'a');
+        assert!(oversized(&long_header));
+        // Short, TLS, or no method: not a head too large.
+        assert!(!oversized(b"GET / HTTP/1.1\r\nX: a"));
+        let mut tls = vec![0x16, 0x03, 0x01];
+        tls.resize(MAX_SNIFF, 0);
+        assert!(!oversized(&tls));
+        let opaque = vec![b'A'; MAX_SNIFF];
+        assert!(!oversized(&opaque));
     }
 }
